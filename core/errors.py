@@ -1,0 +1,13 @@
+"""Errors the engine reports to people rather than to programmers."""
+
+
+class GlnetError(Exception):
+    """A problem the user can fix: bad input, a bad model file, a bad option.
+
+    The CLI prints it as one line on stderr and exits with code 1; the QGIS
+    provider turns it into a ``QgsProcessingException`` with the same text.
+    """
+
+
+class ModelFileError(GlnetError):
+    """A model file that is missing, corrupt, crafted or of an unknown format."""

@@ -1,0 +1,137 @@
+"""Conversion of the released GLNet checkpoints (DeepGlobe) into our parameter names.
+
+The released checkpoints are plain state dicts saved from ``nn.DataParallel``
+(keys prefixed ``module.``): G.pth after stage 1, G2L.pth after stage 2 and
+L2G.pth after stage 3. Their parameters map one to one onto the ``official``
+preset; ``convert_state`` does the renaming and checks that nothing is left
+over or missing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+import torch
+
+from .errors import ModelFileError
+
+# DeepGlobe land cover: class names and the colours of its label PNGs.
+DEEPGLOBE_CLASSES = (
+    ("unknown", (0, 0, 0)),
+    ("urban", (0, 255, 255)),
+    ("agriculture", (255, 255, 0)),
+    ("rangeland", (255, 0, 255)),
+    ("forest", (0, 255, 0)),
+    ("water", (0, 0, 255)),
+    ("barren", (255, 255, 255)),
+)
+
+_DECODER_RENAMES = [
+    (r"toplayer_ext\.", "top_ctx."),
+    (r"latlayer([123])_ext\.", lambda m: f"lateral_ctx.{int(m[1]) - 1}."),
+    (r"smooth([1-4])_1_ext\.", lambda m: f"smooth_a_ctx.{int(m[1]) - 1}."),
+    (r"smooth([1-4])_2_ext\.", lambda m: f"smooth_b_ctx.{int(m[1]) - 1}."),
+    (r"toplayer\.", "top."),
+    (r"latlayer([123])\.", lambda m: f"lateral.{int(m[1]) - 1}."),
+    (r"smooth([1-4])_1\.", lambda m: f"smooth_a.{int(m[1]) - 1}."),
+    (r"smooth([1-4])_2\.", lambda m: f"smooth_b.{int(m[1]) - 1}."),
+    (r"smooth\.", "fuse."),
+    (r"classify\.", "classify."),
+]
+
+
+def _rename_decoder(rest: str, local: bool) -> str:
+    for pattern, repl in _DECODER_RENAMES:
+        m = re.match(pattern, rest)
+        if m:
+            new = repl if isinstance(repl, str) else repl(m)
+            # The local decoder has only a context path, named without "_ext".
+            if local and not new.startswith(("fuse", "classify")):
+                head, _, tail = new.partition(".")
+                new = f"{head}_ctx.{tail}"
+            return new + rest[m.end():]
+    raise KeyError(rest)
+
+
+def official_to_ours(key: str) -> str:
+    """Our name for a released parameter name (without ``module.``).
+
+    >>> official_to_ours("fpn_local.smooth2_1.weight")
+    'local_decoder.smooth_a_ctx.1.weight'
+    """
+    group, _, rest = key.partition(".")
+    if group == "resnet_global":
+        return f"global_backbone.{rest}"
+    if group == "resnet_local":
+        return f"local_backbone.{rest}"
+    if group == "fpn_global":
+        return f"global_decoder.{_rename_decoder(rest, local=False)}"
+    if group == "fpn_local":
+        return f"local_decoder.{_rename_decoder(rest, local=True)}"
+    if group == "ensemble_conv":
+        return f"aggregation.{rest}"
+    raise KeyError(key)
+
+
+def strip_module(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove the ``module.`` prefix that ``nn.DataParallel`` adds."""
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def convert_state(g: Mapping[str, torch.Tensor], g2l: Mapping[str, torch.Tensor] | None = None,
+                  l2g: Mapping[str, torch.Tensor] | None = None,
+                  source: str = "checkpoint") -> tuple[dict[str, torch.Tensor], tuple[int, ...]]:
+    """Our state dict and the stages done, from the released checkpoints.
+
+    The final model takes everything from the latest checkpoint. After stage 3
+    (``l2g`` given) the context branch is the stage-1 global branch of ``g``,
+    as the released evaluation feeds the local branch from that fixed model.
+
+    Raises ``ModelFileError`` naming ``source`` if a key is unknown.
+    """
+    g, g2l, l2g = (strip_module(s) if s is not None else None for s in (g, g2l, l2g))
+    latest = l2g or g2l or g
+    stages = (1, 2, 3) if l2g is not None else (1, 2) if g2l is not None else (1,)
+    out: dict[str, torch.Tensor] = {}
+    for key, value in latest.items():
+        try:
+            out[official_to_ours(key)] = value
+        except KeyError:
+            raise ModelFileError(f"{source}: unexpected parameter {key!r} for the released GLNet") from None
+    if l2g is not None:
+        for key, value in g.items():
+            if key.startswith("resnet_global."):
+                out["context_backbone." + key.partition(".")[2]] = value
+            elif key.startswith("fpn_global.") and "_ext" not in key and not key.startswith("fpn_global.smooth."):
+                out["context_decoder." + official_to_ours(key).partition(".")[2]] = value
+    return out, stages
+
+
+def model_from_official(g: Mapping[str, torch.Tensor], g2l: Mapping[str, torch.Tensor] | None = None,
+                        l2g: Mapping[str, torch.Tensor] | None = None, source: str = "checkpoint"):
+    """A ``GLNet`` of the ``official`` preset holding the released checkpoints' weights.
+
+    Returns ``(model, stages)``. The number of classes is read from the
+    classifier. Every parameter and buffer must be matched: a checkpoint of
+    another architecture is refused with a ``ModelFileError`` naming ``source``.
+    """
+    from .config import preset
+    from .glnet import GLNet
+
+    state, stages = convert_state(g, g2l, l2g, source=source)
+    try:
+        num_classes = int(state["aggregation.weight"].shape[0])
+    except KeyError:
+        raise ModelFileError(f"{source}: no aggregation conv ('ensemble_conv'): not a released GLNet") from None
+    model = GLNet(preset("official", num_classes=num_classes), context_branch=3 in stages)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    bad = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    if missing or bad:
+        what = (f"missing {', '.join(missing[:3])}" if missing
+                else f"wrong shape for {', '.join(bad[:3])}")
+        raise ModelFileError(f"{source}: not the released GLNet architecture ({what})")
+    model.load_state_dict(state)
+    model.stage = 0
+    return model, stages
