@@ -1,0 +1,232 @@
+"""Model files: one safetensors file holding the weights and the metadata.
+
+Layout: a safetensors file (8-byte little-endian header length, a JSON header,
+raw tensor bytes) whose ``__metadata__`` carries ``{"format": "glnet-qgis",
+"format_version": "1", "glnet": <ModelMeta as JSON>}``. Reading it never
+unpickles anything, so a crafted file cannot run code; every field is checked
+before a network is built. ``read_metadata`` needs neither torch nor numpy,
+so the QGIS plugin can show a model's classes and defaults.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import NetConfig
+from .errors import ModelFileError
+
+FORMAT = "glnet-qgis"
+FORMAT_VERSION = 1
+# A header larger than this is not one of ours (ours are a few hundred KiB).
+MAX_HEADER_BYTES = 64 * 1024 * 1024
+DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    """One output class: its value in masks, its name and its RGB colour."""
+
+    value: int
+    name: str
+    color: tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """Everything needed to use a model besides its weights.
+
+    Attributes:
+        net: the network's shapes and window geometry.
+        classes: output classes, in the order of the network's outputs.
+        bands: names of the input bands, in the order the network takes them.
+        dtype: the data type of the rasters it was trained on.
+        mean, std: per-band statistics in raw raster units; inputs are fed as
+            ``(x - mean) / std``.
+        resolution: ground sampling distance (metres per pixel) it was trained
+            at, or None if unknown.
+        stages: training stages done, e.g. (1, 2, 3).
+        preset: the preset the network was built from.
+        ignore_index: label value that was ignored in training.
+        notes: free text (provenance).
+    """
+
+    net: NetConfig
+    classes: tuple[ClassInfo, ...]
+    bands: tuple[str, ...]
+    dtype: str = "uint8"
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    resolution: float | None = None
+    stages: tuple[int, ...] = ()
+    preset: str = "fast"
+    ignore_index: int = 255
+    notes: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = self.net.in_channels
+        if len(self.classes) != self.net.num_classes:
+            raise ValueError(f"{len(self.classes)} classes named for a network with "
+                             f"{self.net.num_classes} outputs")
+        if len(self.bands) != n:
+            raise ValueError(f"{len(self.bands)} band names for a network with {n} input bands")
+        if len(self.mean) != n or len(self.std) != n:
+            raise ValueError(f"mean and std need {n} values each")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("std values must be positive")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
+        if any(s not in (1, 2, 3) for s in self.stages):
+            raise ValueError(f"stages must be among 1, 2, 3: {self.stages}")
+
+    @property
+    def class_names(self) -> list[str]:
+        return [c.name for c in self.classes]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelMeta:
+        d = json.loads(text)
+        if not isinstance(d, dict):
+            raise ValueError("metadata is not a JSON object")
+        d = dict(d)
+        d["net"] = NetConfig.from_dict(d["net"])
+        d["classes"] = tuple(ClassInfo(int(c["value"]), str(c["name"]), _color(c["color"]))
+                             for c in d["classes"])
+        for key, conv in (("bands", str), ("mean", float), ("std", float), ("stages", int)):
+            if key in d:
+                d[key] = tuple(conv(v) for v in d[key])
+        return cls(**d)
+
+
+def _color(value: Any) -> tuple[int, int, int]:
+    rgb = tuple(int(v) for v in value)
+    if len(rgb) != 3 or not all(0 <= v <= 255 for v in rgb):
+        raise ValueError(f"colour must be three values 0-255: {value!r}")
+    return rgb  # type: ignore[return-value]
+
+
+def default_meta(net: NetConfig, preset: str = "fast", **kwargs: Any) -> ModelMeta:
+    """Metadata with generic class and band names and identity scaling for [0, 1] inputs."""
+    from .palette import default_colors
+
+    colors = default_colors(net.num_classes)
+    classes = tuple(ClassInfo(i, f"class {i}", colors[i]) for i in range(net.num_classes))
+    n = net.in_channels
+    base = dict(classes=classes, bands=tuple(f"band {i + 1}" for i in range(n)),
+                dtype="float32", mean=(0.0,) * n, std=(1.0,) * n, preset=preset)
+    base.update(kwargs)
+    return ModelMeta(net=net, **base)
+
+
+def _read_header(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(8)
+            if len(raw) < 8:
+                raise ModelFileError(f"{path}: not a GLNet model file (too short)")
+            (length,) = struct.unpack("<Q", raw)
+            size = os.fstat(f.fileno()).st_size
+            if length < 2 or length > MAX_HEADER_BYTES or 8 + length > size:
+                raise ModelFileError(f"{path}: not a GLNet model file (no safetensors header)")
+            text = f.read(length)
+    except FileNotFoundError:
+        raise ModelFileError(f"{path}: model file not found") from None
+    except IsADirectoryError:
+        raise ModelFileError(f"{path}: is a folder, not a model file") from None
+    except PermissionError:
+        raise ModelFileError(f"{path}: model file is not readable (permission denied)") from None
+    try:
+        header = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ModelFileError(f"{path}: not a GLNet model file (header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise ModelFileError(f"{path}: not a GLNet model file (header is not a JSON object)")
+    return header
+
+
+def read_metadata(path: str | Path) -> ModelMeta:
+    """The metadata of a model file, without loading its weights (nor torch)."""
+    path = Path(path)
+    header = _read_header(path)
+    meta = header.get("__metadata__")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ModelFileError(f"{path}: a safetensors file, but not a GLNet model "
+                             f"(no '{FORMAT}' metadata)")
+    version = meta.get("format_version")
+    if version != str(FORMAT_VERSION):
+        raise ModelFileError(f"{path}: model format version {version!r} is not supported "
+                             f"(this glnet reads version {FORMAT_VERSION}); update glnet-qgis")
+    try:
+        return ModelMeta.from_json(meta["glnet"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelFileError(f"{path}: invalid model metadata ({exc})") from None
+
+
+def save_model(model, meta: ModelMeta, path: str | Path) -> Path:
+    """Write ``model``'s weights with ``meta`` to ``path`` atomically.
+
+    The file is written to a temporary name in the same folder and renamed, so
+    an interrupted save never leaves a half-written model where one is expected.
+    """
+    from safetensors.torch import save_file
+
+    if meta.net != model.cfg:
+        raise ValueError("metadata describes another network than the model")
+    path = Path(path)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    header = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "glnet": meta.to_json()}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata=header)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_model(path: str | Path, device: str = "cpu"):
+    """Read a model file: returns ``(GLNet, ModelMeta)``, the network in eval mode.
+
+    Refuses, with a ``ModelFileError`` naming the file, anything that is not a
+    GLNet model file of a known format version, metadata that does not
+    validate, and weights whose names, shapes or dtypes differ from the network
+    the metadata describes.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from .glnet import GLNet
+
+    path = Path(path)
+    meta = read_metadata(path)
+    try:
+        state = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelFileError(f"{path}: corrupt model file ({exc})") from None
+    model = GLNet(meta.net, context_branch=any(k.startswith("context_") for k in state))
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        keys = ", ".join((missing or unexpected)[:3])
+        raise ModelFileError(f"{path}: weights do not match the network its metadata describes "
+                             f"({'missing' if missing else 'unexpected'}: {keys})")
+    for key, value in own.items():
+        if state[key].shape != value.shape or state[key].dtype != value.dtype:
+            raise ModelFileError(f"{path}: weight {key} has shape {tuple(state[key].shape)} "
+                                 f"{state[key].dtype}, expected {tuple(value.shape)} {value.dtype}")
+    model.load_state_dict(state)
+    model.to(device)
+    model.eval()
+    return model, meta

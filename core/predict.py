@@ -1,0 +1,108 @@
+"""One context window through GLNet: normalised window tensor -> class probabilities.
+
+The global branch sees the window downsampled; the local branch sees its
+full-resolution patches with the global maps as context (and, for models that
+finished stage 3, the global branch is refined with the local maps); patch
+predictions from the aggregation conv are averaged where patches overlap.
+Scenes larger than a window are assembled from windows elsewhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .glnet import GLNet
+from .patches import PatchGrid
+from .refinement import RefinePolicy, select_patches
+from .sharing import LocalToGlobal, crop_pyramid, crop_resized
+
+
+@dataclass
+class WindowPrediction:
+    """Class probabilities ``(C, H, W)`` of one window and what it cost."""
+
+    probabilities: torch.Tensor
+    patches: int
+    refined: int
+
+
+def downsample(window: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The global branch's view of a window: bilinear with antialiasing."""
+    if tuple(window.shape[-2:]) == tuple(size):
+        return window
+    return F.interpolate(window, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+def default_mode(model: GLNet) -> int:
+    """The fullest inference mode the model's weights support."""
+    return 3 if model.has_context_branch else 2
+
+
+@torch.no_grad()
+def predict_window(model: GLNet, window: torch.Tensor, mode: int | None = None,
+                   policy: RefinePolicy | None = None, sub_batch: int = 6) -> WindowPrediction:
+    """Class probabilities for a ``(1, bands, H, W)`` normalised window.
+
+    Args:
+        mode: 1 global branch only; 2 global to local with aggregation;
+            3 also local to global (needs a model trained through stage 3).
+        policy: coarse-to-fine patch selection (mode 2; mode 3 needs every
+            patch's maps for local-to-global merging, so it refines all).
+        sub_batch: patches per forward pass of the local branch.
+    """
+    mode = default_mode(model) if mode is None else mode
+    if mode == 3 and not model.has_context_branch:
+        raise ValueError("mode 3 needs a model trained through stage 3")
+    H, W = window.shape[-2:]
+    img_g = model.prepare(downsample(window, model.global_shape(H, W)))
+    context = model.context_pyramid(img_g)
+    global_probs = F.interpolate(context.logits, size=(H, W), mode="bilinear",
+                                 align_corners=False).softmax(1)[0]
+    if mode == 1:
+        return WindowPrediction(global_probs, 0, 0)
+
+    cfg = model.cfg
+    grid = PatchGrid.for_window(H, W, cfg.patch_size, cfg.min_overlap)
+    if mode == 3:
+        selected = np.arange(len(grid))
+    else:
+        selected = select_patches(context.logits[0].softmax(0), grid, policy or RefinePolicy())
+
+    global_ps3 = context.ps3
+    local_maps: dict[int, torch.Tensor] = {}
+    if mode == 3:
+        merger = LocalToGlobal(context, grid)
+        for start in range(0, len(grid), sub_batch):
+            index = range(start, min(start + sub_batch, len(grid)))
+            local = _local(model, window, grid, context, index)
+            merger.add(local, index)
+            local_maps.update(zip(index, local.ps3))
+        global_ps3 = model.refined_pyramid(img_g, merger.result()).ps3
+
+    total = torch.zeros_like(global_probs)
+    weight = torch.zeros((1, H, W), dtype=global_probs.dtype)
+    for start in range(0, len(selected), sub_batch):
+        index = selected[start:start + sub_batch]
+        if mode == 3:
+            fl = torch.stack([local_maps.pop(int(i)) for i in index])
+        else:
+            fl = _local(model, window, grid, context, index).ps3
+        fg = crop_resized(global_ps3, grid.fractions[index], grid.ratio, tuple(fl.shape[-2:]))
+        probs = F.interpolate(model.aggregate(fl, fg), size=(grid.patch_h, grid.patch_w),
+                              mode="bilinear", align_corners=False).softmax(1)
+        for p, (t, left) in zip(probs, grid.offsets[index].tolist()):
+            total[:, t:t + grid.patch_h, left:left + grid.patch_w] += p
+            weight[:, t:t + grid.patch_h, left:left + grid.patch_w] += 1
+    # Pixels no refined patch covers keep the global branch's prediction.
+    covered = weight > 0
+    probs = torch.where(covered, total / weight.clamp(min=1), global_probs)
+    return WindowPrediction(probs, len(grid), len(selected))
+
+
+def _local(model: GLNet, window: torch.Tensor, grid: PatchGrid, context, index):
+    patches = model.prepare(grid.extract(window, index))
+    return model.local_pyramid(patches, crop_pyramid(context, grid.fractions[index], grid.ratio))
