@@ -11,6 +11,11 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 BACKBONES = ("resnet18", "resnet34", "resnet50")
 
+# Upper bounds that keep a crafted model file from asking for absurd networks.
+# Classes are written to uint8 masks with 255 kept for nodata.
+_LIMITS = {"in_channels": 64, "num_classes": 255, "fpn_channels": 2048, "smooth_channels": 2048,
+           "window_size": 65536, "global_size": 8192, "patch_size": 8192}
+
 
 @dataclass(frozen=True)
 class NetConfig:
@@ -47,10 +52,10 @@ class NetConfig:
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
             raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}, not {self.backbone!r}")
-        for name in ("in_channels", "num_classes", "fpn_channels", "smooth_channels",
-                     "window_size", "global_size", "patch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name, top in _LIMITS.items():
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= top:
+                raise ValueError(f"{name} must be an integer from 1 to {top}, got {value!r}")
         if self.fuse_kernel not in (1, 3):
             raise ValueError(f"fuse_kernel must be 1 or 3, got {self.fuse_kernel}")
         if self.min_overlap < 0 or self.min_overlap >= self.patch_size:

@@ -13,13 +13,13 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .config import NetConfig
 from .errors import ModelFileError
+from .files import atomic_output, check_output_path  # noqa: F401  (re-exported for the CLI)
 
 FORMAT = "glnet-qgis"
 FORMAT_VERSION = 1
@@ -153,6 +153,49 @@ def _read_header(path: Path) -> dict:
     return header
 
 
+def parameter_count(path: str | Path) -> int:
+    """Number of values stored in a model file, from its header alone."""
+    header = _read_header(Path(path))
+    total = 0
+    for key, entry in header.items():
+        if key != "__metadata__" and isinstance(entry, dict):
+            n = 1
+            for dim in entry.get("shape", []):
+                n *= int(dim)
+            total += n
+    return total
+
+
+def describe(meta: ModelMeta, path: str | Path | None = None) -> str:
+    """A human-readable summary of a model's metadata."""
+    net = meta.net
+    lines = []
+    if path is not None:
+        lines.append(f"model file:   {path}")
+        lines.append(f"parameters:   {parameter_count(path):,}")
+    lines += [
+        f"preset:       {meta.preset} ({net.backbone}, FPN {net.fpn_channels}/{net.smooth_channels}, "
+        f"fuse {net.fuse_kernel}x{net.fuse_kernel})",
+        f"stages done:  {', '.join(map(str, meta.stages)) or 'none (untrained)'}",
+        f"window:       {net.window_size} px, seen by the global branch at {net.global_size} px; "
+        f"patches {net.patch_size} px, overlap >= {net.min_overlap} px",
+        f"resolution:   {f'{meta.resolution:g} m/px' if meta.resolution else 'unknown'}",
+        f"input:        {len(meta.bands)} band(s) {meta.dtype}: {', '.join(meta.bands)}",
+        f"scaling:      (x - mean) / std, mean {_fmt(meta.mean)}, std {_fmt(meta.std)}",
+        f"classes:      {len(meta.classes)}",
+    ]
+    for c in meta.classes:
+        lines.append(f"  {c.value:>3}  {c.name:<24} #{c.color[0]:02x}{c.color[1]:02x}{c.color[2]:02x}")
+    if meta.notes:
+        lines.append(f"notes:        {meta.notes}")
+    lines.append(f"format:       {FORMAT} version {FORMAT_VERSION}")
+    return "\n".join(lines)
+
+
+def _fmt(values: tuple[float, ...]) -> str:
+    return "[" + ", ".join(f"{v:g}" for v in values) + "]"
+
+
 def read_metadata(path: str | Path) -> ModelMeta:
     """The metadata of a model file, without loading its weights (nor torch)."""
     path = Path(path)
@@ -184,14 +227,8 @@ def save_model(model, meta: ModelMeta, path: str | Path) -> Path:
     path = Path(path)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     header = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "glnet": meta.to_json()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata=header)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp:
+        save_file(state, str(tmp), metadata=header)
     return path
 
 

@@ -135,3 +135,52 @@ def model_from_official(g: Mapping[str, torch.Tensor], g2l: Mapping[str, torch.T
     model.load_state_dict(state)
     model.stage = 0
     return model, stages
+
+
+def load_checkpoint(path) -> dict[str, torch.Tensor]:
+    """A released checkpoint's state dict, read without running any code from it.
+
+    ``torch.load(weights_only=True)`` admits tensors and plain containers only;
+    anything else (a pickled object, a code payload) is refused with a
+    ``ModelFileError`` naming the file.
+    """
+    import pickle
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: checkpoint file not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
+        raise ModelFileError(f"{path}: refused: the file holds more than plain tensors "
+                             f"(loading it would run code from it; {first[:200]})") from None
+    except Exception as exc:
+        raise ModelFileError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: "
+                             f"{str(exc)[:200]})") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelFileError(f"{path}: not a state dict of tensors")
+    return state
+
+
+def deepglobe_meta(net, stages: tuple[int, ...]):
+    """Metadata of a model converted from the released DeepGlobe checkpoints."""
+    from .modelfile import ClassInfo, ModelMeta
+
+    return ModelMeta(
+        net=net,
+        classes=tuple(ClassInfo(i, name, color) for i, (name, color) in enumerate(DEEPGLOBE_CLASSES)),
+        bands=("red", "green", "blue"),
+        dtype="uint8",
+        # The released code feeds ToTensor() images, x / 255, unnormalised.
+        mean=(0.0, 0.0, 0.0),
+        std=(255.0, 255.0, 255.0),
+        resolution=0.5,
+        stages=stages,
+        preset="official",
+        ignore_index=0,
+        notes="Converted from the released GLNet DeepGlobe checkpoints (VITA-Group/GLNet, MIT).",
+    )

@@ -135,3 +135,29 @@ def test_mode_3(ref, inputs):
     fl = torch.cat(last_maps)[pick]
     fg = crop_resized(refined.ps3, grid.fractions[pick], grid.ratio, tuple(fl.shape[-2:]))
     assert_close(model.aggregate(fl, fg), ref["mode3_agg_logits"], "mode3_agg_logits")
+
+
+def test_import_official_command(ref, inputs, tmp_path, capsys):
+    """`glnet import-official` on released-style checkpoints gives the reference outputs."""
+    from glnet.cli import main
+    from glnet.modelfile import load_model
+
+    grid, img_g, patches = inputs
+    s12 = official_state(float(ref["salt_stage12"]))
+    torch.save(s12, tmp_path / "G.pth")
+    torch.save(s12, tmp_path / "G2L.pth")
+    del s12
+    out = tmp_path / "deepglobe.glnet"
+    assert main(["import-official", str(tmp_path / "G.pth"), str(tmp_path / "G2L.pth"),
+                 "-o", str(out)]) == 0
+    assert main(["info", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "agriculture" in text and "stages done:  1, 2" in text and "79,307,263" in text
+    # Refuses to overwrite, and names the file.
+    assert main(["import-official", str(tmp_path / "G.pth"), str(tmp_path / "G2L.pth"),
+                 "-o", str(out)]) == 1
+    assert "already exists" in capsys.readouterr().err
+    model, meta = load_model(out)
+    assert meta.stages == (1, 2) and meta.class_names[2] == "agriculture"
+    with torch.no_grad():
+        assert_close(model.global_pyramid(img_g).logits, ref["mode1_global_logits"], "imported mode 1")
