@@ -10,6 +10,10 @@ STAMP := $(VENV)/.installed
 # carry on disk; pip then never fetches a multi-gigabyte build.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 QGIS_PROCESS := /usr/bin/qgis_process.bin
+DIST := dist
+PLUGIN_BUILD := build/plugin
+PLUGIN_VERSION := $(shell sed -n 's/^version=//p' metadata.txt)
+PLUGIN_ZIP := $(DIST)/glnet_qgis-$(PLUGIN_VERSION).zip
 
 .PHONY: demo test lint qgis venv bench plugin clean
 
@@ -42,6 +46,18 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/model_speed.py
+
+# The zip for QGIS's "Install from ZIP": one folder glnet_qgis/ of real files
+# (cp -L resolves the metadata and icon links), with the engine source copied
+# into glnet_qgis/engine/ so that the plugin reads model files with no install.
+# DIST and PLUGIN_BUILD may be overridden (the tests build into a temporary folder).
+plugin:
+	rm -rf $(PLUGIN_BUILD)/glnet_qgis $(PLUGIN_ZIP)
+	mkdir -p $(PLUGIN_BUILD)/glnet_qgis/engine $(DIST)
+	cp -L glnet_qgis/*.py glnet_qgis/metadata.txt glnet_qgis/icon.svg $(PLUGIN_BUILD)/glnet_qgis/
+	cp core/*.py $(PLUGIN_BUILD)/glnet_qgis/engine/
+	cd $(PLUGIN_BUILD) && $(PYTHON) -m zipfile -c $(abspath $(PLUGIN_ZIP)) glnet_qgis
+	@echo "Built $(PLUGIN_ZIP)"
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info demo_output

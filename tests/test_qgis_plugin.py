@@ -1,0 +1,350 @@
+"""The QGIS plugin in the real QGIS, through ``qgis_process`` (no mocks).
+
+Every QGIS run uses a throwaway profile: HOME and the XDG folders point into a
+pytest temporary folder, so ``qgis_process plugins enable`` writes its
+settings there and never into the real user's profile. Two layouts are tested:
+
+* development: QGIS_PLUGINPATH is the repository root, the plugin reaches its
+  metadata and icon through symlinks and the engine through ``../core``;
+* release: the zip of ``make plugin``, unpacked as QGIS's "Install from ZIP"
+  does into the profile's plugin folder, with nothing pointing at the
+  repository, so the engine can only be the copy inside the zip.
+
+Without /usr/bin/qgis_process.bin these tests are skipped, except under CI
+(CI=true), where they fail: CI must run them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import pickle
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+QGIS_PROCESS = Path("/usr/bin/qgis_process.bin")
+SYSTEM_PYTHON = Path("/usr/bin/python3")
+QGIS_UNZIP = Path("/usr/share/qgis/python/pyplugin_installer/unzip.py")
+PLUGIN = "glnet_qgis"
+ALG = "glnet:modelinfo"
+CLASSES = (("water", (31, 120, 180)), ("forest <wet> & dry", (51, 160, 44)),
+           ("built-up", (227, 26, 28)))
+TIMEOUT = 120
+
+pytestmark = pytest.mark.qgis
+
+
+def require_qgis() -> None:
+    """Skip without QGIS; under CI, fail instead: the QGIS tests must run there."""
+    if QGIS_PROCESS.is_file() and os.access(QGIS_PROCESS, os.X_OK):
+        return
+    message = (f"{QGIS_PROCESS} is missing: install Debian's qgis and python3-qgis "
+               "(`make qgis` does it as root)")
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true but {message}", pytrace=False)
+    pytest.skip(message)
+
+
+def isolated_env(home: Path, plugin_path: Path | None) -> dict[str, str]:
+    """The environment of a QGIS run whose profile and settings live under ``home``."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("QGIS_", "PYTHON", "XDG_")) and k != "VIRTUAL_ENV"}
+    runtime = home / "runtime"
+    runtime.mkdir(mode=0o700, parents=True, exist_ok=True)
+    env.update(
+        HOME=str(home),
+        XDG_CONFIG_HOME=str(home / ".config"),
+        XDG_DATA_HOME=str(home / ".local" / "share"),
+        XDG_CACHE_HOME=str(home / ".cache"),
+        XDG_RUNTIME_DIR=str(runtime),
+        QT_QPA_PLATFORM="offscreen",
+        PYTHONDONTWRITEBYTECODE="1",
+    )
+    if plugin_path is not None:
+        env["QGIS_PLUGINPATH"] = str(plugin_path)
+    return env
+
+
+class Qgis:
+    """``qgis_process`` in a profile of its own."""
+
+    def __init__(self, home: Path, plugin_path: Path | None):
+        self.home = home
+        self.env = isolated_env(home, plugin_path)
+        self.profile = home / ".local" / "share" / "QGIS" / "QGIS3" / "profiles" / "default"
+        self.plugins_dir = self.profile / "python" / "plugins"
+        self._enabled: subprocess.CompletedProcess | None = None
+
+    def run(self, *args: str) -> subprocess.CompletedProcess:
+        require_qgis()
+        return subprocess.run([str(QGIS_PROCESS), *args], env=self.env, cwd=self.home,
+                              capture_output=True, text=True, timeout=TIMEOUT)
+
+    def json(self, *args: str) -> dict:
+        proc = self.run("--json", *args)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return json.loads(proc.stdout)
+
+    def enable(self) -> subprocess.CompletedProcess:
+        """``plugins enable glnet_qgis`` once per profile."""
+        if self._enabled is None:
+            proc = self.run("plugins", "enable", PLUGIN)
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+            self._enabled = proc
+        return self._enabled
+
+    def modelinfo(self, model: Path, *extra: str) -> subprocess.CompletedProcess:
+        self.enable()
+        return self.run("run", ALG, "--json", "--", f"MODEL={model}", *extra)
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory) -> Path:
+    """A real model file written by the engine (3 classes, 4 bands, stages 1 and 2)."""
+    from glnet.config import preset
+    from glnet.glnet import GLNet
+    from glnet.modelfile import ClassInfo, default_meta, save_model
+
+    net = preset("fast", num_classes=3, in_channels=4)
+    classes = tuple(ClassInfo(i, name, color) for i, (name, color) in enumerate(CLASSES))
+    meta = default_meta(net, classes=classes, stages=(1, 2),
+                        bands=("red", "green", "blue", "nir"))
+    return save_model(GLNet(net), meta, tmp_path_factory.mktemp("model") / "landcover.glnet")
+
+
+@pytest.fixture(scope="module")
+def dev_qgis(tmp_path_factory) -> Qgis:
+    """QGIS finding the plugin in the repository (QGIS_PLUGINPATH = repository root)."""
+    return Qgis(tmp_path_factory.mktemp("dev-home"), plugin_path=ROOT)
+
+
+@pytest.fixture(scope="module")
+def plugin_zip(tmp_path_factory) -> Path:
+    """The zip of ``make plugin``, built into a temporary folder."""
+    out = tmp_path_factory.mktemp("plugin-build")
+    proc = subprocess.run(
+        ["make", "--no-print-directory", "-C", str(ROOT), "plugin",
+         f"DIST={out / 'dist'}", f"PLUGIN_BUILD={out / 'build'}"],
+        capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    version = _metadata(ROOT / "metadata.txt")["version"]
+    path = out / "dist" / f"{PLUGIN}-{version}.zip"
+    assert path.is_file(), proc.stdout
+    return path
+
+
+@pytest.fixture(scope="module")
+def zip_qgis(tmp_path_factory, plugin_zip) -> Qgis:
+    """QGIS with the zip installed into its profile and no way to reach the repository."""
+    qgis = Qgis(tmp_path_factory.mktemp("zip-home"), plugin_path=None)
+    # What the plugin installer does: the plugin is the folder holding the
+    # shortest-named metadata.txt, unpacked with QGIS's own unzip function.
+    with zipfile.ZipFile(plugin_zip) as zf:
+        metadata = sorted(n for n in zf.namelist() if n.endswith("metadata.txt"))
+    assert metadata and os.path.split(metadata[0])[0] == PLUGIN, metadata
+    if QGIS_UNZIP.is_file():
+        spec = importlib.util.spec_from_file_location("qgis_plugin_unzip", QGIS_UNZIP)
+        unzip = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(unzip)
+        unzip.unzip(str(plugin_zip), str(qgis.plugins_dir))
+    else:
+        with zipfile.ZipFile(plugin_zip) as zf:
+            zf.extractall(qgis.plugins_dir)
+    return qgis
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    import configparser
+
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(path, encoding="utf-8")
+    return dict(parser["general"])
+
+
+def _engine_dir(proc: subprocess.CompletedProcess) -> Path:
+    log = json.loads(proc.stdout)["log"]["info"]
+    lines = [line for line in log if line.startswith("glnet engine: ")]
+    assert lines, log
+    return Path(lines[0].removeprefix("glnet engine: ")).resolve()
+
+
+def assert_model_results(proc: subprocess.CompletedProcess, model: Path) -> dict:
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = json.loads(proc.stdout)
+    results = out["results"]
+    assert out["inputs"]["MODEL"] == str(model)
+    assert [c.strip() for c in results["CLASSES"].split(",")] == [n for n, _ in CLASSES]
+    assert results["NUM_CLASSES"] == 3
+    assert results["BANDS"] == "red, green, blue, nir"
+    assert results["PRESET"] == "fast"
+    assert results["STAGES"] == "1, 2"
+    # The fast preset's window geometry, as save_model recorded it.
+    assert results["WINDOW_SIZE"] == 1880
+    assert results["PATCH_SIZE"] == 512
+    assert results["GLOBAL_SIZE"] == 512
+    return out
+
+
+def test_metadata_is_complete_and_reached_through_symlinks():
+    meta = _metadata(ROOT / "metadata.txt")
+    for key in ("name", "qgisminimumversion", "description", "about", "version", "author",
+                "email", "repository", "tracker", "icon", "hasprocessingprovider"):
+        assert meta.get(key), key
+    assert meta["hasprocessingprovider"] == "yes"
+    link = ROOT / PLUGIN / "metadata.txt"
+    assert link.is_symlink() and not os.path.isabs(os.readlink(link))
+    assert link.read_text(encoding="utf-8") == (ROOT / "metadata.txt").read_text(encoding="utf-8")
+    icon = ROOT / PLUGIN / meta["icon"]
+    assert icon.is_file() and icon.read_text(encoding="utf-8").lstrip().startswith("<?xml")
+
+
+def test_enable_and_list(dev_qgis):
+    proc = dev_qgis.enable()
+    # The name comes from metadata.txt, which QGIS read through the symlink.
+    assert "Enabled glnet_qgis (GLNet land cover)" in proc.stdout, proc.stdout + proc.stderr
+    ini = dev_qgis.profile / "QGIS" / "QGIS3.ini"
+    assert "glnet_qgis=true" in ini.read_text(encoding="utf-8")
+
+    plugins = dev_qgis.json("plugins")["plugins"]
+    assert plugins[PLUGIN]["loaded"] is True, plugins
+
+    providers = dev_qgis.json("list")["providers"]
+    assert "glnet" in providers, sorted(providers)
+    glnet = providers["glnet"]
+    assert glnet["name"] == "GLNet"
+    assert glnet["is_active"] is True
+    assert ALG in glnet["algorithms"]
+    assert glnet["algorithms"][ALG]["name"] == "Model information"
+    assert glnet["version"] == _metadata(ROOT / "metadata.txt")["version"]
+
+
+def test_help_documents_model_parameter(dev_qgis):
+    dev_qgis.enable()
+    proc = dev_qgis.run("help", ALG)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "MODEL: Model file" in proc.stdout
+    assert "GLNet model file" in proc.stdout  # the short help text
+
+    info = dev_qgis.json("help", ALG)
+    model = info["parameters"]["MODEL"]
+    assert model["type"]["id"] == "file"
+    assert model["optional"] is False
+    assert "*.glnet" in model["raw_definition"]["filefilter"]
+    assert info["parameters"]["OUTPUT_HTML"]["optional"] is True
+    assert {"CLASSES", "NUM_CLASSES", "PRESET", "STAGES", "WINDOW_SIZE", "PATCH_SIZE",
+            "GLOBAL_SIZE"} <= set(info["outputs"])
+
+
+def test_modelinfo_reads_the_model(dev_qgis, model_file, tmp_path):
+    report = tmp_path / "model report.html"
+    proc = dev_qgis.modelinfo(model_file, f"OUTPUT_HTML={report}")
+    out = assert_model_results(proc, model_file)
+    assert out["results"]["OUTPUT_HTML"] == str(report)
+    # Development layout: the engine is the repository's core/.
+    assert _engine_dir(proc) == (ROOT / "core").resolve()
+
+    page = report.read_text(encoding="utf-8")
+    assert "forest &lt;wet&gt; &amp; dry" in page  # names from the file are escaped
+    assert "<wet>" not in page
+    for _, (r, g, b) in CLASSES:
+        assert f'bgcolor="#{r:02x}{g:02x}{b:02x}"' in page
+
+
+@pytest.mark.parametrize("kind", ["text", "pickle"])
+def test_modelinfo_refuses_other_files(dev_qgis, tmp_path, kind):
+    if kind == "text":
+        path = tmp_path / "notes.glnet"
+        path.write_text("These are notes about a model, not a model.\n", encoding="utf-8")
+    else:
+        path = tmp_path / "weights.pth"
+        path.write_bytes(pickle.dumps({"conv1.weight": [0.5] * 64}, protocol=4))
+    proc = dev_qgis.modelinfo(path)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output
+    assert f"{path}: not a GLNet model file" in output
+    assert "Traceback" not in output
+    assert "results" not in proc.stdout
+
+
+def test_zip_holds_real_files_and_the_engine(plugin_zip):
+    with zipfile.ZipFile(plugin_zip) as zf:
+        infos = zf.infolist()
+        names = {i.filename for i in infos}
+        for info in infos:
+            assert info.filename.startswith(f"{PLUGIN}/"), info.filename
+            assert (info.external_attr >> 16) & 0o170000 != 0o120000, f"symlink {info.filename}"
+            assert "__pycache__" not in info.filename
+        meta = zf.read(f"{PLUGIN}/metadata.txt").decode("utf-8")
+        icon = zf.read(f"{PLUGIN}/icon.svg").decode("utf-8")
+    assert meta == (ROOT / "metadata.txt").read_text(encoding="utf-8")
+    assert "<svg" in icon
+    for name in ("__init__.py", "provider.py", "modelinfo.py", "engine_loader.py"):
+        assert f"{PLUGIN}/{name}" in names
+    for source in (ROOT / "core").glob("*.py"):
+        assert f"{PLUGIN}/engine/{source.name}" in names
+
+
+def test_zip_engine_imports_without_torch(zip_qgis, model_file):
+    plugin_dir = zip_qgis.plugins_dir / PLUGIN
+    probe = (
+        "import importlib.util, json, sys\n"
+        "blocked = tuple(sys.argv[3:])\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        top = name.split('.')[0]\n"
+        "        if name in blocked or top != 'glnet' and top in blocked:\n"
+        "            raise ModuleNotFoundError(f'blocked: {name}', name=name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "spec = importlib.util.spec_from_file_location('loader', sys.argv[1] + '/engine_loader.py')\n"
+        "loader = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(loader)\n"
+        "glnet = loader.import_engine()\n"
+        "meta = glnet.modelfile.read_metadata(sys.argv[2])\n"
+        "heavy = [m for m in ('torch', 'torchvision', 'numpy', 'rasterio', 'safetensors')\n"
+        "         if m in sys.modules]\n"
+        "print(json.dumps({'engine': glnet.__file__, 'classes': meta.class_names,\n"
+        "                  'heavy': heavy}))\n"
+    )
+    env = zip_qgis.env
+    runs = []
+    if SYSTEM_PYTHON.is_file():
+        # QGIS's own interpreter: glnet is not installed there at all.
+        runs.append([str(SYSTEM_PYTHON), "-c", probe, str(plugin_dir), str(model_file)])
+    # This venv has torch and an installed glnet: hide glnet so that the zip's
+    # copy is used, and make any import of torch or numpy an error.
+    runs.append([sys.executable, "-c", probe, str(plugin_dir), str(model_file),
+                 "glnet", "torch", "torchvision", "numpy", "rasterio"])
+    for cmd in runs:
+        proc = subprocess.run(cmd, env=env, cwd=zip_qgis.home, capture_output=True, text=True,
+                              timeout=TIMEOUT)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        result = json.loads(proc.stdout)
+        assert Path(result["engine"]).resolve() == (plugin_dir / "engine" / "__init__.py").resolve()
+        assert result["classes"] == [n for n, _ in CLASSES]
+        assert result["heavy"] == []
+
+
+def test_zip_installed_plugin_works_without_the_repository(zip_qgis, model_file):
+    require_qgis()
+    assert "QGIS_PLUGINPATH" not in zip_qgis.env
+    # QGIS's Python cannot import the engine from anywhere but the zip's copy.
+    if SYSTEM_PYTHON.is_file():
+        proc = subprocess.run([str(SYSTEM_PYTHON), "-c", "import glnet"], env=zip_qgis.env,
+                              cwd=zip_qgis.home, capture_output=True, text=True, timeout=TIMEOUT)
+        assert proc.returncode != 0 and "No module named 'glnet'" in proc.stderr, proc.stderr
+
+    proc = zip_qgis.enable()
+    assert "Enabled glnet_qgis (GLNet land cover)" in proc.stdout, proc.stdout + proc.stderr
+    providers = zip_qgis.json("list")["providers"]
+    assert ALG in providers["glnet"]["algorithms"], sorted(providers)
+
+    proc = zip_qgis.modelinfo(model_file)
+    out = assert_model_results(proc, model_file)
+    assert "OUTPUT_HTML" not in out["results"]  # the report is optional and off by default
+    assert _engine_dir(proc) == (zip_qgis.plugins_dir / PLUGIN / "engine").resolve()
