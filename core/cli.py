@@ -13,11 +13,11 @@ from pathlib import Path
 
 from . import __version__
 from .errors import GlnetError
+from .files import check_output_path
 
 # Commands that later releases fill in, with the issue that brings them.
 PLANNED = {
     "synth": "a georeferenced synthetic landscape for tests and demos",
-    "train": "train GLNet on rasters with raster or vector labels",
     "segment": "segment a scene of any size into a land-cover mask",
     "vectorize": "turn a land-cover mask into polygons",
     "evaluate": "score a prediction against reference labels",
@@ -50,6 +50,46 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(run=_import_official)
 
+    p = sub.add_parser(
+        "train", help="train GLNet on rasters with raster or vector labels",
+        description="Train GLNet in three stages (global; global to local; local to global) on "
+                    "image rasters with label rasters or polygons, or on a dataset folder "
+                    "(DeepGlobe, LoveDA). The best model by validation mIoU is written to -o; "
+                    "a checkpoint MODEL.ckpt beside it allows --resume.")
+    p.add_argument("images", nargs="*", type=Path, metavar="IMAGE", help="image rasters")
+    p.add_argument("--labels", nargs="+", type=Path, default=[], metavar="LABELS",
+                   help="one label raster (class indices) or vector file per image")
+    p.add_argument("--dataset", type=Path, help="a DeepGlobe or LoveDA dataset folder instead of IMAGEs")
+    p.add_argument("-o", "--output", type=Path, required=True, help="model file to write")
+    p.add_argument("--class-field", help="class field of vector labels (names or integers)")
+    p.add_argument("--class-name", help="one class for all polygons (e.g. building)")
+    p.add_argument("--classes", type=Path, help="JSON list of {value, name, color} classes")
+    p.add_argument("--unlabelled", choices=("background", "ignore"), default="background",
+                   help="pixels outside all label polygons: a 'background' class (default) or ignored")
+    p.add_argument("--aoi", type=Path, help="polygons outside which pixels are ignored")
+    p.add_argument("--bands", type=_int_list, help="image bands to use, e.g. 1,2,3")
+    p.add_argument("--preset", default="fast", choices=("fast", "official"), help="network preset")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--window", type=int, help="context window in pixels (default: the preset's)")
+    size.add_argument("--window-metres", type=float, help="context window in metres")
+    p.add_argument("--patch", type=int, help="patch size in pixels")
+    p.add_argument("--global-size", type=int, help="size the global branch sees the window at")
+    p.add_argument("--stages", type=_int_list, default=[1, 2, 3], help="stages to run (default 1,2,3)")
+    p.add_argument("--epochs", type=_int_list, help="epochs per stage, e.g. 20,20,10")
+    p.add_argument("--lr", type=_float_list, help="learning rate per stage, e.g. 1e-4,2e-5,5e-5")
+    p.add_argument("--windows-per-epoch", type=int, help="training windows per epoch")
+    p.add_argument("--max-minutes", type=float, help="time budget for the whole run")
+    p.add_argument("--val-fraction", type=float, default=0.2,
+                   help="right-hand share of each scene held out for validation (default 0.2)")
+    p.add_argument("--balance", action="store_true", help="favour windows with rare classes")
+    p.add_argument("--backbone-weights", type=Path, help="local torchvision ResNet ImageNet weights")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--threads", type=int, help="CPU threads")
+    p.add_argument("--resume", action="store_true", help="continue from MODEL.ckpt")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing model file")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(run=_train)
+
     for name, text in PLANNED.items():
         p = sub.add_parser(name, help=f"{text} (not in this version yet)",
                            description=f"{text[0].upper()}{text[1:]}. Not in this version yet.")
@@ -77,6 +117,70 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"glnet {args.command}: internal error: {type(exc).__name__}: {exc} "
               "(run with --debug for the traceback)", file=sys.stderr)
         return 1
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .datasets import scenes_from_folder, scenes_from_pairs
+    from .labels import read_classes_json
+    from .train import TrainOptions, checkpoint_path, train
+
+    if args.dataset and (args.images or args.labels):
+        raise GlnetError("give either IMAGE files with --labels, or --dataset, not both")
+    if not args.dataset and not args.images:
+        raise GlnetError("no training data: give IMAGE files with --labels, or --dataset FOLDER")
+    if not args.resume:
+        check_output_path(args.output, args.overwrite, inputs=[*args.images, *args.labels])
+    elif not checkpoint_path(args.output).exists():
+        raise GlnetError(f"{checkpoint_path(args.output)}: no checkpoint to resume from")
+    classes = read_classes_json(args.classes) if args.classes else None
+    if args.dataset:
+        scenes, classes = scenes_from_folder(args.dataset, bands=args.bands)
+    else:
+        scenes, classes = scenes_from_pairs(
+            args.images, args.labels, class_field=args.class_field, class_name=args.class_name,
+            classes=classes, background="background" if args.unlabelled == "background" else None,
+            aoi=args.aoi, bands=args.bands)
+    stages = tuple(args.stages)
+    if not stages or any(s not in (1, 2, 3) for s in stages) or list(stages) != sorted(set(stages)):
+        raise GlnetError(f"--stages must be increasing stages among 1, 2, 3, got {args.stages}")
+    per_stage = {}
+    for name, values in (("epochs", args.epochs), ("lr", args.lr)):
+        if values is not None and len(values) not in (1, len(stages)):
+            raise GlnetError(f"--{name} needs one value or one per stage ({len(stages)})")
+        per_stage[name] = ({s: values[i if len(values) > 1 else 0] for i, s in enumerate(stages)}
+                           if values else {})
+    options = TrainOptions(
+        preset=args.preset, window_size=args.window, window_metres=args.window_metres,
+        patch_size=args.patch, global_size=args.global_size, stages=stages,
+        epochs=per_stage["epochs"], lr=per_stage["lr"], windows_per_epoch=args.windows_per_epoch,
+        max_minutes=args.max_minutes, val_fraction=args.val_fraction, balance=args.balance,
+        seed=args.seed, backbone_weights=str(args.backbone_weights) if args.backbone_weights else None,
+        threads=args.threads)
+
+    def log(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    result = train(scenes, classes, args.output, options, resume=args.resume, log=log,
+                   progress=not args.quiet and sys.stderr.isatty())
+    score = f"validation mIoU {result.best_miou:.4f} (stage {result.best_stage})" \
+        if result.best_miou is not None else "no validation"
+    print(f"wrote {args.output}: stages {', '.join(map(str, result.stages_done))}, {score}, "
+          f"{result.minutes:.1f} min")
+    return 0
 
 
 def _planned(args: argparse.Namespace) -> int:

@@ -1,0 +1,358 @@
+"""Training GLNet on scenes, stage by stage, with checkpoints, resume and a time budget.
+
+Per stage: epochs of random windows from the training rectangles (flips and
+90-degree rotations), Adam with a poly schedule, then validation on the
+held-out rectangles in the stage's full inference mode (1: global only; 2:
+global to local; 3: both directions). After every epoch a checkpoint is
+written atomically beside the output (``MODEL.ckpt``); ``resume`` continues
+from it. The model file at ``output`` always holds the best model so far by
+validation mIoU; each stage starts from the best weights of the one before.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import StageConfig, TrainConfig, preset
+from .datasets import Rect, TrainingScene, WindowSampler, augment, split_regions, tile_rect
+from .errors import GlnetError
+from .files import atomic_output
+from .glnet import GLNet
+from .labels import IGNORE
+from .modelfile import ClassInfo, ModelMeta, save_model
+from .predict import predict_window
+from .stages import make_optimizer, poly_factor, train_step
+from .tensors import BandStatistics, to_tensor
+
+CHECKPOINT_FORMAT = "glnet-qgis-checkpoint"
+# Share of the time budget each stage gets; time a stage leaves over goes on.
+BUDGET_SHARE = {1: 0.35, 2: 0.40, 3: 0.25}
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Everything ``train`` needs besides the data; defaults in one place.
+
+    Attributes:
+        preset: network preset (``fast`` or ``official``).
+        window_size, patch_size, global_size: override the preset's geometry
+            (pixels). ``window_metres`` sets the window through the first
+            scene's resolution instead.
+        stages: which stages to run, in order.
+        epochs, lr: per-stage overrides of ``loss.stages``.
+        windows_per_step: windows per optimiser step, per stage.
+        windows_per_epoch: training windows per epoch (default: enough to cover
+            the training area once).
+        max_minutes: time budget for the whole run.
+        val_fraction: right-hand share of each scene held out for validation.
+        balance: favour windows with rare classes.
+        seed: makes runs repeatable.
+        backbone_weights: local torchvision ResNet ImageNet weights for both branches.
+        threads: torch CPU threads (default: torch's choice).
+        stats_windows: windows sampled to compute the band statistics.
+        loss: losses, optimiser and per-stage defaults.
+    """
+
+    preset: str = "fast"
+    window_size: int | None = None
+    window_metres: float | None = None
+    patch_size: int | None = None
+    global_size: int | None = None
+    stages: tuple[int, ...] = (1, 2, 3)
+    epochs: dict[int, int] = field(default_factory=dict)
+    lr: dict[int, float] = field(default_factory=dict)
+    windows_per_step: dict[int, int] = field(default_factory=lambda: {1: 2, 2: 1, 3: 1})
+    windows_per_epoch: int | None = None
+    max_minutes: float | None = None
+    val_fraction: float = 0.2
+    balance: bool = False
+    seed: int = 0
+    backbone_weights: str | None = None
+    threads: int | None = None
+    stats_windows: int = 16
+    loss: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    output: Path
+    best_miou: float | None
+    best_stage: int | None
+    stages_done: tuple[int, ...]
+    history: list[dict]
+    minutes: float
+
+
+def build_meta(scenes: Sequence[TrainingScene], classes: Sequence[ClassInfo], options: TrainOptions,
+               log: Callable[[str], None]) -> ModelMeta:
+    """The model's metadata: network geometry for these scenes and their band statistics."""
+    first = scenes[0]
+    overrides = dict(in_channels=len(first.bands), num_classes=len(classes))
+    base = preset(options.preset)
+    window = options.window_size
+    if options.window_metres is not None:
+        if first.resolution is None:
+            raise GlnetError(f"{first.path}: no projected CRS, so the window cannot be given in metres")
+        window = max(32, round(options.window_metres / first.resolution))
+    if window is not None:
+        overrides["window_size"] = window
+    win = overrides.get("window_size", base.window_size)
+    overrides["patch_size"] = min(options.patch_size or base.patch_size, win)
+    overrides["global_size"] = min(options.global_size or base.global_size, win)
+    overrides["min_overlap"] = min(base.min_overlap, overrides["patch_size"] // 4)
+    net = replace(base, **overrides)
+    mean, std = _band_statistics(scenes, net.window_size, options, len(classes))
+    descriptions = first.ds.descriptions or (None,) * first.ds.count
+    names = [descriptions[b - 1] or f"band {b}" for b in first.bands]
+    return ModelMeta(net=net, classes=tuple(classes), bands=tuple(names), dtype=first.dtype,
+                     mean=mean, std=std, resolution=first.resolution, stages=(),
+                     preset=options.preset, ignore_index=IGNORE,
+                     notes=f"trained on {', '.join(s.name for s in scenes[:5])}"
+                           f"{' ...' if len(scenes) > 5 else ''}")
+
+
+def _band_statistics(scenes, window, options, num_classes):
+    rng = np.random.default_rng(options.seed + 7919)
+    regions = [Rect(i, 0, 0, s.height, s.width) for i, s in enumerate(scenes)]
+    sampler = WindowSampler(scenes, regions, window, num_classes)
+    stats = BandStatistics(len(scenes[0].bands))
+    for _ in range(options.stats_windows):
+        rect = sampler._candidate(rng)
+        image, _, valid = scenes[rect.scene].read(rect.window())
+        stats.update(image, valid)
+    try:
+        return stats.result()
+    except ValueError:
+        raise GlnetError(f"{scenes[0].path}: no valid (non-nodata) pixels found") from None
+
+
+def evaluate_windows(model: GLNet, meta: ModelMeta, scenes: Sequence[TrainingScene],
+                     windows: Sequence[Rect], mode: int) -> np.ndarray:
+    """Confusion matrix ``(C, C)`` (rows: reference) of ``model`` on ``windows``."""
+    n = meta.net.num_classes
+    conf = np.zeros((n, n), dtype=np.int64)
+    model.eval()
+    for rect in windows:
+        image, labels, valid = scenes[rect.scene].read(rect.window(), n)
+        x = to_tensor(image, meta.mean, meta.std, valid)
+        pred = predict_window(model, x, mode=mode).probabilities.argmax(0).numpy()
+        keep = labels != IGNORE
+        conf += np.bincount(labels[keep] * n + pred[keep], minlength=n * n).reshape(n, n)
+    return conf
+
+
+def mean_iou(conf: np.ndarray) -> float:
+    """Mean IoU over classes present in the reference or the prediction."""
+    tp = np.diag(conf).astype(np.float64)
+    union = conf.sum(0) + conf.sum(1) - tp
+    present = union > 0
+    return float((tp[present] / union[present]).mean()) if present.any() else float("nan")
+
+
+def checkpoint_path(output: str | Path) -> Path:
+    output = Path(output)
+    return output.with_name(output.name + ".ckpt")
+
+
+def train(scenes: Sequence[TrainingScene], classes: Sequence[ClassInfo], output: str | Path,
+          options: TrainOptions = TrainOptions(), resume: bool = False,
+          log: Callable[[str], None] = print, progress: bool = True) -> TrainResult:
+    """Train a GLNet on ``scenes`` and write the best model to ``output``."""
+    output = Path(output)
+    ckpt_path = checkpoint_path(output)
+    # Temporary files of a run that was killed (SIGKILL leaves no chance to clean up).
+    for stale in [*output.parent.glob(f".{output.name}.*.part"), *output.parent.glob(f".{ckpt_path.name}.*.part")]:
+        stale.unlink(missing_ok=True)
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    torch.manual_seed(options.seed)
+    rng = np.random.default_rng(options.seed)
+    start_time = time.monotonic()
+
+    state = None
+    if resume:
+        state = _load_checkpoint(ckpt_path)
+        meta = ModelMeta.from_json(state["meta"])
+        if meta.classes != tuple(classes) or meta.net.in_channels != len(scenes[0].bands):
+            raise GlnetError(f"{ckpt_path}: checkpoint was made for other classes or bands")
+    else:
+        meta = build_meta(scenes, classes, options, log)
+
+    net = meta.net
+    train_rects, val_rects = split_regions(scenes, options.val_fraction)
+    sampler = WindowSampler(scenes, train_rects, net.window_size, net.num_classes, options.balance)
+    val_windows = [w for r in val_rects for w in tile_rect(r, net.window_size)]
+    per_epoch = options.windows_per_epoch or sampler.windows_per_epoch()
+    if not val_windows:
+        log("no validation area (scene too small or --val-fraction 0): keeping the last model")
+
+    model = GLNet(net)
+    if options.backbone_weights and state is None:
+        from .backbone import load_imagenet_weights
+
+        load_imagenet_weights(model.global_backbone, options.backbone_weights)
+        load_imagenet_weights(model.local_backbone, options.backbone_weights)
+
+    stages = tuple(options.stages)
+    history: list[dict] = []
+    best = {"miou": -1.0, "stage": None}
+    done: tuple[int, ...] = ()
+    elapsed0 = 0.0
+    pos = {"stage_index": 0, "epoch": 0}
+    stage_best: dict | None = None
+    if state is not None:
+        if state["has_context"]:
+            model.add_context_branch()
+        model.load_state_dict(state["model"])
+        history = json.loads(state["history"])
+        best = json.loads(state["best"])
+        done = tuple(state["done"])
+        elapsed0 = float(state["elapsed"])
+        pos = json.loads(state["pos"])
+        stage_best = {"miou": float(state["stage_best_miou"]), "state": state["stage_best_state"]}
+        rng.bit_generator.state = json.loads(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+        log(f"resuming from {ckpt_path}: stage {stages[pos['stage_index']] if pos['stage_index'] < len(stages) else '-'}, "
+            f"epoch {pos['epoch'] + 1}")
+
+    budget = options.max_minutes * 60 if options.max_minutes else None
+
+    def elapsed() -> float:
+        return elapsed0 + time.monotonic() - start_time
+
+    for si in range(pos["stage_index"], len(stages)):
+        stage = stages[si]
+        cfg = options.loss
+        stage_cfg = cfg.stages.get(stage, StageConfig(epochs=10, lr=1e-4))
+        epochs = options.epochs.get(stage, stage_cfg.epochs)
+        lr = options.lr.get(stage, stage_cfg.lr)
+        cfg = replace(cfg, stages={**cfg.stages, stage: StageConfig(epochs=epochs, lr=lr)})
+        model.set_stage(stage)
+        optimizer = make_optimizer(model, stage, cfg)
+        first_epoch = pos["epoch"] if si == pos["stage_index"] else 0
+        if state is not None and si == pos["stage_index"] and state.get("optimizer") is not None:
+            optimizer.load_state_dict(state["optimizer"])
+        if si != pos["stage_index"] or state is None:
+            stage_best = {"miou": -1.0, "state": None}
+        batch = options.windows_per_step.get(stage, 1)
+        steps_per_epoch = max(1, math.ceil(per_epoch / batch))
+        total_steps = steps_per_epoch * epochs
+        stage_deadline = None
+        if budget is not None:
+            left = budget - elapsed()
+            share = BUDGET_SHARE.get(stage, 0.3) / sum(BUDGET_SHARE.get(s, 0.3) for s in stages[si:])
+            stage_deadline = elapsed() + max(0.0, left) * share
+        mode = {1: 1, 2: 2, 3: 3}[stage]
+        for epoch in range(first_epoch, epochs):
+            losses = []
+            out_of_time = False
+            bar = _bar(steps_per_epoch, f"stage {stage} epoch {epoch + 1}/{epochs}", progress)
+            for k in range(steps_per_epoch):
+                step = epoch * steps_per_epoch + k
+                for group in optimizer.param_groups:
+                    group["lr"] = lr * poly_factor(step, total_steps, cfg.poly_power)
+                windows = []
+                for _ in range(batch):
+                    rect = sampler.draw(rng)
+                    image, labels, valid = scenes[rect.scene].read(rect.window(), net.num_classes)
+                    x = to_tensor(image, meta.mean, meta.std, valid)[0].numpy()
+                    x, labels = augment(x, labels, rng)
+                    windows.append((torch.from_numpy(x)[None], torch.from_numpy(labels)[None]))
+                result = train_step(model, windows, optimizer, cfg)
+                losses.append(result.total)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{result.total:.4f}")
+                if stage_deadline is not None and elapsed() >= stage_deadline:
+                    out_of_time = True
+                    break
+            if bar is not None:
+                bar.close()
+            record = {"stage": stage, "epoch": epoch + 1, "loss": float(np.mean(losses)),
+                      "steps": len(losses), "minutes": round(elapsed() / 60, 2)}
+            if val_windows:
+                conf = evaluate_windows(model, meta, scenes, val_windows, mode)
+                record["val_miou"] = mean_iou(conf)
+                record["val_accuracy"] = float(np.trace(conf) / max(conf.sum(), 1))
+            history.append(record)
+            log(_format_record(record))
+            miou = record.get("val_miou", -0.5)
+            if miou > stage_best["miou"]:
+                stage_best = {"miou": miou, "state": copy.deepcopy(model.state_dict())}
+            stage_done = done + ((stage,) if stage not in done else ())
+            if miou > best["miou"] or not val_windows:
+                best = {"miou": miou, "stage": stage, "epoch": epoch + 1}
+                save_model(model, replace(meta, stages=tuple(sorted(stage_done))), output)
+            last = out_of_time or epoch == epochs - 1
+            _save_checkpoint(ckpt_path, meta, model, optimizer if not last else None, history, best,
+                             done if not last else stage_done,
+                             {"stage_index": si + 1 if last else si, "epoch": 0 if last else epoch + 1},
+                             stage_best, rng, elapsed())
+            if out_of_time:
+                log(f"stage {stage}: time budget used after {epoch + 1} epoch(s)")
+                break
+        # The next stage starts from this stage's best weights.
+        if stage_best["state"] is not None:
+            model.load_state_dict(stage_best["state"])
+        done = done + ((stage,) if stage not in done else ())
+        state = None
+
+    best_miou = best["miou"] if best["miou"] >= 0 else None
+    return TrainResult(output, best_miou, best["stage"], done, history, elapsed() / 60)
+
+
+def _bar(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, unit="step")
+
+
+def _format_record(r: dict) -> str:
+    text = f"stage {r['stage']} epoch {r['epoch']}: loss {r['loss']:.4f} ({r['steps']} steps)"
+    if "val_miou" in r:
+        text += f", validation mIoU {r['val_miou']:.4f}, accuracy {r['val_accuracy']:.4f}"
+    return text + f" [{r['minutes']:.1f} min]"
+
+
+def _save_checkpoint(path, meta, model, optimizer, history, best, done, pos, stage_best, rng, elapsed):
+    payload = {
+        "format": CHECKPOINT_FORMAT, "version": 1, "meta": meta.to_json(),
+        "model": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+        "has_context": model.has_context_branch,
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "history": json.dumps(history), "best": json.dumps(best), "done": list(done),
+        "pos": json.dumps(pos), "stage_best_miou": float(stage_best["miou"]),
+        "stage_best_state": stage_best["state"], "rng": json.dumps(rng.bit_generator.state),
+        "torch_rng": torch.get_rng_state(), "elapsed": float(elapsed),
+    }
+    with atomic_output(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def _load_checkpoint(path: Path) -> dict:
+    import pickle
+
+    if not path.exists():
+        raise GlnetError(f"{path}: no checkpoint to resume from")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise GlnetError(f"{path}: refused: not a plain checkpoint (it would run code)") from None
+    except Exception as exc:
+        raise GlnetError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise GlnetError(f"{path}: not a glnet training checkpoint")
+    return state
