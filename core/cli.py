@@ -7,6 +7,7 @@ with 2); a traceback is shown only with ``--debug``.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +31,9 @@ def _parser() -> argparse.ArgumentParser:
         description="GLNet land-cover segmentation for georeferenced rasters.")
     parser.add_argument("--version", action="version", version=f"glnet {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    parser.add_argument("--progress", choices=("auto", "bar", "json", "none"), default="auto",
+                        help="how to show progress on stderr: a bar on a terminal (auto), "
+                             "JSON lines for a controlling process, or nothing")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("info", help="print a model file's metadata",
@@ -101,6 +105,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    # A controlling process (the QGIS plugin) stops us with SIGTERM: unwind like
+    # Ctrl+C so that temporary outputs are removed.
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.run(args) or 0
     except GlnetError as exc:
@@ -109,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"glnet {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"glnet {args.command}: interrupted", file=sys.stderr)
+        print(f"glnet {args.command}: cancelled", file=sys.stderr)
         return 130
     except Exception as exc:
         if args.debug:
@@ -117,6 +124,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"glnet {args.command}: internal error: {type(exc).__name__}: {exc} "
               "(run with --debug for the traceback)", file=sys.stderr)
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _int_list(text: str) -> list[int]:
@@ -171,16 +184,32 @@ def _train(args: argparse.Namespace) -> int:
         seed=args.seed, backbone_weights=str(args.backbone_weights) if args.backbone_weights else None,
         threads=args.threads)
 
-    def log(text: str) -> None:
-        print(text, file=sys.stderr, flush=True)
-
-    result = train(scenes, classes, args.output, options, resume=args.resume, log=log,
-                   progress=not args.quiet and sys.stderr.isatty())
+    report = _progress(args, "training")
+    result = train(scenes, classes, args.output, options, resume=args.resume,
+                   log=lambda text: _log(report, text), progress=report)
     score = f"validation mIoU {result.best_miou:.4f} (stage {result.best_stage})" \
         if result.best_miou is not None else "no validation"
     print(f"wrote {args.output}: stages {', '.join(map(str, result.stages_done))}, {score}, "
           f"{result.minutes:.1f} min")
     return 0
+
+
+def _progress(args: argparse.Namespace, desc: str):
+    """The progress function the user asked for with --progress (and --quiet)."""
+    from . import progress
+
+    kind = "none" if getattr(args, "quiet", False) and args.progress == "auto" else args.progress
+    return progress.make(kind, desc)
+
+
+def _log(report, text: str) -> None:
+    """A log line: a JSON message in --progress json, else a plain line on stderr."""
+    from .progress import Bar, JsonLines
+
+    if isinstance(report, (JsonLines, Bar)):
+        report(getattr(report, "last", 0.0) if isinstance(report, JsonLines) else 0.0, text)
+    else:
+        print(text, file=sys.stderr, flush=True)
 
 
 def _planned(args: argparse.Namespace) -> int:

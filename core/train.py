@@ -167,8 +167,13 @@ def checkpoint_path(output: str | Path) -> Path:
 
 def train(scenes: Sequence[TrainingScene], classes: Sequence[ClassInfo], output: str | Path,
           options: TrainOptions = TrainOptions(), resume: bool = False,
-          log: Callable[[str], None] = print, progress: bool = True) -> TrainResult:
-    """Train a GLNet on ``scenes`` and write the best model to ``output``."""
+          log: Callable[[str], None] = print,
+          progress: Callable[[float], None] | None = None) -> TrainResult:
+    """Train a GLNet on ``scenes`` and write the best model to ``output``.
+
+    ``log`` receives one line per epoch; ``progress`` the fraction of all
+    planned steps done (called after every step; it may raise to cancel).
+    """
     output = Path(output)
     ckpt_path = checkpoint_path(output)
     # Temporary files of a run that was killed (SIGKILL leaves no chance to clean up).
@@ -227,6 +232,9 @@ def train(scenes: Sequence[TrainingScene], classes: Sequence[ClassInfo], output:
             f"epoch {pos['epoch'] + 1}")
 
     budget = options.max_minutes * 60 if options.max_minutes else None
+    planned = {s: options.epochs.get(s, options.loss.stages.get(s, StageConfig(10, 1e-4)).epochs)
+               * max(1, math.ceil(per_epoch / options.windows_per_step.get(s, 1))) for s in stages}
+    total_planned = sum(planned.values())
 
     def elapsed() -> float:
         return elapsed0 + time.monotonic() - start_time
@@ -257,7 +265,6 @@ def train(scenes: Sequence[TrainingScene], classes: Sequence[ClassInfo], output:
         for epoch in range(first_epoch, epochs):
             losses = []
             out_of_time = False
-            bar = _bar(steps_per_epoch, f"stage {stage} epoch {epoch + 1}/{epochs}", progress)
             for k in range(steps_per_epoch):
                 step = epoch * steps_per_epoch + k
                 for group in optimizer.param_groups:
@@ -271,14 +278,12 @@ def train(scenes: Sequence[TrainingScene], classes: Sequence[ClassInfo], output:
                     windows.append((torch.from_numpy(x)[None], torch.from_numpy(labels)[None]))
                 result = train_step(model, windows, optimizer, cfg)
                 losses.append(result.total)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{result.total:.4f}")
+                if progress is not None:
+                    before = sum(planned[s] for s in stages[:si])
+                    progress(min(1.0, (before + step + 1) / total_planned))
                 if stage_deadline is not None and elapsed() >= stage_deadline:
                     out_of_time = True
                     break
-            if bar is not None:
-                bar.close()
             record = {"stage": stage, "epoch": epoch + 1, "loss": float(np.mean(losses)),
                       "steps": len(losses), "minutes": round(elapsed() / 60, 2)}
             if val_windows:
@@ -310,14 +315,6 @@ def train(scenes: Sequence[TrainingScene], classes: Sequence[ClassInfo], output:
 
     best_miou = best["miou"] if best["miou"] >= 0 else None
     return TrainResult(output, best_miou, best["stage"], done, history, elapsed() / 60)
-
-
-def _bar(total: int, desc: str, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, leave=False, unit="step")
 
 
 def _format_record(r: dict) -> str:
