@@ -18,10 +18,8 @@ from .files import check_output_path
 
 # Commands that later releases fill in, with the issue that brings them.
 PLANNED = {
-    "synth": "a georeferenced synthetic landscape for tests and demos",
     "segment": "segment a scene of any size into a land-cover mask",
     "vectorize": "turn a land-cover mask into polygons",
-    "evaluate": "score a prediction against reference labels",
 }
 
 
@@ -82,6 +80,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_int_list, help="epochs per stage, e.g. 20,20,10")
     p.add_argument("--lr", type=_float_list, help="learning rate per stage, e.g. 1e-4,2e-5,5e-5")
     p.add_argument("--windows-per-epoch", type=int, help="training windows per epoch")
+    p.add_argument("--patches-per-window", type=int,
+                   help="patches with a loss per window in stages 2 and 3 (default: all)")
     p.add_argument("--max-minutes", type=float, help="time budget for the whole run")
     p.add_argument("--val-fraction", type=float, default=0.2,
                    help="right-hand share of each scene held out for validation (default 0.2)")
@@ -93,6 +93,49 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing model file")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=_train)
+
+    p = sub.add_parser(
+        "synth", help="a georeferenced synthetic landscape for tests and demos",
+        description="Write a synthetic landscape to OUT_DIR: scene.tif (the image), labels.tif "
+                    "(class values, nodata 255), labels.gpkg (the label polygons, layer "
+                    "'labels') and classes.json. Agriculture and barren share their local "
+                    "texture and differ only in large-scale shape; roads are 2-4 px lines. "
+                    "The same seed gives the same pixels.")
+    p.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="folder to write (created if missing)")
+    p.add_argument("--size", type=int, default=4096, help="side of the scene in pixels (default 4096)")
+    p.add_argument("--bands", type=int, default=3,
+                   help="bands: 1 pan, 2 red+nir, 3 RGB (default), 4 RGB+NIR, 5-6 add SWIR")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--crs", default="EPSG:32633", help="CRS of the scene (default EPSG:32633)")
+    p.add_argument("--resolution", type=float, default=0.5,
+                   help="ground sampling distance in metres per pixel (default 0.5)")
+    p.add_argument("--dtype", choices=("uint8", "uint16"), default="uint8",
+                   help="image data type (uint16: reflectance-like, 0-10000)")
+    p.add_argument("--feature-size", type=float,
+                   help="typical side of a field in pixels (default 900, less for small scenes)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.set_defaults(run=_synth)
+
+    p = sub.add_parser(
+        "evaluate", help="score a prediction against reference labels",
+        description="Score a class raster PRED against REF: a class raster (warped onto PRED's "
+                    "grid with nearest neighbour if the grids differ) or polygons with a class "
+                    "field (rasterised onto PRED's grid). Prints per-class IoU, F1, precision "
+                    "and recall, mIoU, overall accuracy and the confusion matrix. Nodata in "
+                    "either, and pixels outside the reference, are not counted.")
+    p.add_argument("pred", type=Path, metavar="PRED", help="prediction: a one-band class raster")
+    p.add_argument("ref", type=Path, metavar="REF", help="reference: a class raster or a vector file")
+    p.add_argument("--ref-field", help="class field of vector references, values or names "
+                                       "(default class_id, else class_name)")
+    p.add_argument("--ref-layer", help="layer of a vector file with several layers")
+    p.add_argument("--ignore-classes", type=_int_list, default=[], metavar="C[,C...]",
+                   help="classes left out of mIoU and mean F1, e.g. 0")
+    p.add_argument("--background", metavar="CLASS",
+                   help="class (value or name) of pixels outside all reference polygons "
+                        "(default: not counted)")
+    p.add_argument("--block-size", type=int, default=1024, help="pixels per block side (default 1024)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.set_defaults(run=_evaluate)
 
     for name, text in PLANNED.items():
         p = sub.add_parser(name, help=f"{text} (not in this version yet)",
@@ -147,6 +190,7 @@ def _float_list(text: str) -> list[float]:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from .config import TrainConfig
     from .datasets import scenes_from_folder, scenes_from_pairs
     from .labels import read_classes_json
     from .train import TrainOptions, checkpoint_path, train
@@ -182,7 +226,7 @@ def _train(args: argparse.Namespace) -> int:
         epochs=per_stage["epochs"], lr=per_stage["lr"], windows_per_epoch=args.windows_per_epoch,
         max_minutes=args.max_minutes, val_fraction=args.val_fraction, balance=args.balance,
         seed=args.seed, backbone_weights=str(args.backbone_weights) if args.backbone_weights else None,
-        threads=args.threads)
+        threads=args.threads, loss=TrainConfig(patches_per_window=args.patches_per_window))
 
     report = _progress(args, "training")
     result = train(scenes, classes, args.output, options, resume=args.resume,
@@ -210,6 +254,34 @@ def _log(report, text: str) -> None:
         report(getattr(report, "last", 0.0) if isinstance(report, JsonLines) else 0.0, text)
     else:
         print(text, file=sys.stderr, flush=True)
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from .synth import synth
+
+    report = _progress(args, "synth")
+    result = synth(args.out_dir, size=args.size, bands=args.bands, seed=args.seed, crs=args.crs,
+                   resolution=args.resolution, dtype=args.dtype, feature_size=args.feature_size,
+                   overwrite=args.overwrite, progress=report)
+    if hasattr(report, "close"):
+        report.close()
+    shares = ", ".join(f"{name} {100 * share:.1f}%" for name, share in result.class_fractions.items())
+    print(f"wrote {args.out_dir}: {result.width} x {result.height} px, {len(result.bands)} band(s) "
+          f"({', '.join(result.bands)}), {result.polygon_count} label polygons; {shares}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate
+
+    report = _progress(args, "evaluate")
+    result = evaluate(args.pred, args.ref, ref_field=args.ref_field, ref_layer=args.ref_layer,
+                      ignore_classes=args.ignore_classes, background=args.background,
+                      block_size=args.block_size, progress=report)
+    if hasattr(report, "close"):
+        report.close()
+    print(result.to_json() if args.json else result.format())
+    return 0
 
 
 def _planned(args: argparse.Namespace) -> int:

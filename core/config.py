@@ -130,6 +130,9 @@ class TrainConfig:
         class_weights: optional per-class loss weights.
         ignore_index: label value that contributes no loss.
         sub_batch: patches per local forward/backward pass.
+        patches_per_window: patches that carry a loss per window in stages 2
+            and 3, drawn at random (None: all, as released). Fewer patches
+            make steps cheaper; the global branch still sees the whole window.
         loss_at_full_resolution: upsample logits to the labels' size before the
             loss (keeps 2-4 px roads that 1/4-resolution labels would lose);
             False downsamples labels as the released code does.
@@ -143,4 +146,5 @@ class TrainConfig:
     class_weights: tuple[float, ...] | None = None
     ignore_index: int = 255
     sub_batch: int = 6
+    patches_per_window: int | None = None
     loss_at_full_resolution: bool = True

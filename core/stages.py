@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .config import TrainConfig
@@ -103,9 +104,17 @@ def _grid(model: GLNet, image: torch.Tensor) -> PatchGrid:
     return PatchGrid.for_window(H, W, model.cfg.patch_size, model.cfg.min_overlap)
 
 
-def _batches(n: int, size: int):
-    for start in range(0, n, size):
-        yield range(start, min(start + size, n))
+def _batches(indices: np.ndarray, size: int):
+    for start in range(0, len(indices), size):
+        yield indices[start:start + size]
+
+
+def _chosen(grid: PatchGrid, cfg: TrainConfig) -> np.ndarray:
+    """The patches that carry a loss this step: all, or a random subset."""
+    n, k = len(grid), cfg.patches_per_window
+    if not k or k >= n:
+        return np.arange(n)
+    return np.sort(torch.randperm(n)[:k].numpy())
 
 
 def _stage1(model, image, labels, cfg, scale) -> dict:
@@ -120,8 +129,9 @@ def _stage2(model, image, labels, cfg, scale) -> dict:
     with torch.no_grad():
         context = model.context_pyramid(_global_input(model, image))
     out = {"local": 0.0, "aggregation": 0.0, "coupling": 0.0}
-    for index in _batches(len(grid), cfg.sub_batch):
-        share = len(index) / len(grid)
+    chosen = _chosen(grid, cfg)
+    for index in _batches(chosen, cfg.sub_batch):
+        share = len(index) / len(chosen)
         fr = grid.fractions[index]
         local = model.local_pyramid(model.prepare(grid.extract(image, index)),
                                     crop_pyramid(context, fr, grid.ratio))
@@ -140,22 +150,26 @@ def _stage2(model, image, labels, cfg, scale) -> dict:
 def _stage3(model, image, labels, cfg, scale) -> dict:
     grid = _grid(model, image)
     img_g = _global_input(model, image)
-    local_maps = []
+    chosen = _chosen(grid, cfg)
+    keep = set(chosen.tolist())
+    local_maps: dict[int, torch.Tensor] = {}
     with torch.no_grad():
+        # Merging needs every patch's maps; only the chosen ones are kept for the loss.
         context = model.context_pyramid(img_g)
         merger = LocalToGlobal(context, grid)
-        for index in _batches(len(grid), cfg.sub_batch):
+        for index in _batches(np.arange(len(grid)), cfg.sub_batch):
             local = model.local_pyramid(model.prepare(grid.extract(image, index)),
                                         crop_pyramid(context, grid.fractions[index], grid.ratio))
             merger.add(local, index)
-            local_maps.append(local.ps3)
+            local_maps.update((int(i), m) for i, m in zip(index, local.ps3) if int(i) in keep)
         merged = merger.result()
     refined = model.refined_pyramid(img_g, merged)
     l_global = _loss(refined.logits, labels, cfg)
     ps3 = refined.ps3.detach().requires_grad_(True)
     l_agg_total = 0.0
-    for index, fl in zip(_batches(len(grid), cfg.sub_batch), local_maps):
-        share = len(index) / len(grid)
+    for index in _batches(chosen, cfg.sub_batch):
+        share = len(index) / len(chosen)
+        fl = torch.stack([local_maps.pop(int(i)) for i in index])
         fg = crop_resized(ps3, grid.fractions[index], grid.ratio, tuple(fl.shape[-2:]))
         lab = grid.extract(labels, index)[:, 0]
         l_agg = _loss(model.aggregate(fl, fg), lab, cfg)

@@ -56,6 +56,16 @@ def test_each_stage_trains_exactly_its_parameters(tiny_cfg, stage):
         assert p.requires_grad == name.startswith(TRAINED[stage])
 
 
+@pytest.mark.parametrize("stage", [2, 3])
+def test_a_subset_of_patches_still_trains_the_same_parameters(tiny_cfg, stage):
+    model = GLNet(tiny_cfg)
+    for s in range(1, stage + 1):
+        model.set_stage(s)
+    accumulate_gradients(model, [_window(tiny_cfg)], TrainConfig(sub_batch=2, patches_per_window=1))
+    expected = {n for n, _ in model.named_parameters() if n.startswith(EXPECTED_PREFIXES[stage])}
+    assert _grad_owners(model) == expected
+
+
 @pytest.mark.parametrize("stage", [1, 2, 3])
 def test_frozen_parts_do_not_move(tiny_cfg, stage):
     model = GLNet(tiny_cfg)
