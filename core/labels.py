@@ -169,7 +169,7 @@ class VectorLabels:
         geoms = [shape(g) for g, _ in records]
         values = [v for _, v in records]
         self.classes, lookup = _vector_classes(values, classes, background, self.path, field)
-        self.background = 0 if (background and lookup.get("__background__") == 0) else IGNORE
+        self.background = lookup.get("__background__", IGNORE) if background else IGNORE
         self.geoms = geoms
         self.ids = np.array([lookup[str(v)] for v in values], dtype=np.int64)
         self.tree = STRtree(geoms)
