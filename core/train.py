@@ -28,6 +28,7 @@ from .errors import GlnetError
 from .files import atomic_output
 from .glnet import GLNet
 from .labels import IGNORE
+from .metrics import ConfusionMatrix
 from .modelfile import ClassInfo, ModelMeta, save_model
 from .predict import predict_window
 from .stages import make_optimizer, poly_factor, train_step
@@ -138,26 +139,17 @@ def _band_statistics(scenes, window, options, num_classes):
 
 
 def evaluate_windows(model: GLNet, meta: ModelMeta, scenes: Sequence[TrainingScene],
-                     windows: Sequence[Rect], mode: int) -> np.ndarray:
-    """Confusion matrix ``(C, C)`` (rows: reference) of ``model`` on ``windows``."""
+                     windows: Sequence[Rect], mode: int) -> ConfusionMatrix:
+    """Confusion matrix of ``model`` (inference ``mode``) on labelled ``windows``."""
     n = meta.net.num_classes
-    conf = np.zeros((n, n), dtype=np.int64)
+    conf = ConfusionMatrix(n)
     model.eval()
     for rect in windows:
         image, labels, valid = scenes[rect.scene].read(rect.window(), n)
         x = to_tensor(image, meta.mean, meta.std, valid)
         pred = predict_window(model, x, mode=mode).probabilities.argmax(0).numpy()
-        keep = labels != IGNORE
-        conf += np.bincount(labels[keep] * n + pred[keep], minlength=n * n).reshape(n, n)
+        conf.update(pred, labels, labels != IGNORE)
     return conf
-
-
-def mean_iou(conf: np.ndarray) -> float:
-    """Mean IoU over classes present in the reference or the prediction."""
-    tp = np.diag(conf).astype(np.float64)
-    union = conf.sum(0) + conf.sum(1) - tp
-    present = union > 0
-    return float((tp[present] / union[present]).mean()) if present.any() else float("nan")
 
 
 def checkpoint_path(output: str | Path) -> Path:
@@ -288,8 +280,8 @@ def train(scenes: Sequence[TrainingScene], classes: Sequence[ClassInfo], output:
                       "steps": len(losses), "minutes": round(elapsed() / 60, 2)}
             if val_windows:
                 conf = evaluate_windows(model, meta, scenes, val_windows, mode)
-                record["val_miou"] = mean_iou(conf)
-                record["val_accuracy"] = float(np.trace(conf) / max(conf.sum(), 1))
+                record["val_miou"] = conf.miou()
+                record["val_accuracy"] = conf.overall_accuracy()
             history.append(record)
             log(_format_record(record))
             miou = record.get("val_miou", -0.5)
