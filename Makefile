@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH_PINS)
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,demo]"
 	touch $(STAMP)
 
 qgis:
@@ -49,13 +49,16 @@ bench: $(STAMP)
 
 # The zip for QGIS's "Install from ZIP": one folder glnet_qgis/ of real files
 # (cp -L resolves the metadata and icon links), with the engine source copied
-# into glnet_qgis/engine/ so that the plugin reads model files with no install.
+# into glnet_qgis/engine/ so that the plugin reads model files with no install
+# (the algorithms that run the network use the engine's own environment), and
+# the example Processing models in glnet_qgis/models/.
 # DIST and PLUGIN_BUILD may be overridden (the tests build into a temporary folder).
 plugin:
 	rm -rf $(PLUGIN_BUILD)/glnet_qgis $(PLUGIN_ZIP)
-	mkdir -p $(PLUGIN_BUILD)/glnet_qgis/engine $(DIST)
+	mkdir -p $(PLUGIN_BUILD)/glnet_qgis/engine $(PLUGIN_BUILD)/glnet_qgis/models $(DIST)
 	cp -L glnet_qgis/*.py glnet_qgis/metadata.txt glnet_qgis/icon.svg $(PLUGIN_BUILD)/glnet_qgis/
 	cp core/*.py $(PLUGIN_BUILD)/glnet_qgis/engine/
+	cp resources/models/*.model3 $(PLUGIN_BUILD)/glnet_qgis/models/
 	cd $(PLUGIN_BUILD) && $(PYTHON) -m zipfile -c $(abspath $(PLUGIN_ZIP)) glnet_qgis
 	@echo "Built $(PLUGIN_ZIP)"
 
