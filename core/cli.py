@@ -7,6 +7,7 @@ with 2); a traceback is shown only with ``--debug``.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -18,7 +19,6 @@ from .files import check_output_path
 
 # Commands that later releases fill in, with the issue that brings them.
 PLANNED = {
-    "segment": "segment a scene of any size into a land-cover mask",
     "vectorize": "turn a land-cover mask into polygons",
 }
 
@@ -137,6 +137,52 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.set_defaults(run=_evaluate)
 
+    p = sub.add_parser(
+        "segment", help="segment a scene of any size into a land-cover mask",
+        description="Segment SCENE with a GLNet model into a land-cover mask: a Cloud Optimized "
+                    "GeoTIFF with one uint8 band of class values (nodata 255), a colour table and "
+                    "the class names, on the scene's grid (same CRS and transform; an --extent or "
+                    "--aoi crops it on whole pixels). The scene is streamed window by window, so "
+                    "memory does not grow with its size. MASK.qml beside the mask gives QGIS the "
+                    "legend.")
+    p.add_argument("scene", type=Path, metavar="SCENE", help="input raster")
+    p.add_argument("-m", "--model", type=Path, required=True, help="model file")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="MASK.tif",
+                   help="mask to write (a COG)")
+    p.add_argument("--probabilities", type=Path, metavar="P.tif",
+                   help="also write class probabilities in percent (a COG)")
+    p.add_argument("--probability-kind", choices=("classes", "confidence"), default="classes",
+                   help="one band per class (default) or the winning class's probability only")
+    p.add_argument("--polygons", type=Path, metavar="P.gpkg",
+                   help="also vectorize the mask into polygons")
+    p.add_argument("--bands", type=_int_list, help="scene bands in the model's order, e.g. 1,2,3")
+    p.add_argument("--extent", type=_float_list, metavar="XMIN,YMIN,XMAX,YMAX",
+                   help="work only inside this box (the scene's CRS)")
+    p.add_argument("--aoi", type=Path, metavar="AOI.gpkg",
+                   help="work only inside these polygons; outside is nodata")
+    p.add_argument("--aoi-layer", help="layer of the --aoi file (default: its first)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--threads", type=int, help="CPU threads for the model")
+    p.add_argument("--batch", type=int, default=6, help="patches per forward pass (default 6)")
+    p.add_argument("--window", type=int, help="context window in pixels (default: the model's)")
+    p.add_argument("--overlap", type=int, help="least overlap of windows in pixels "
+                                               "(default: a quarter window)")
+    p.add_argument("--blend", type=int, default=128,
+                   help="width in pixels of the smooth hand-over between windows (default 128)")
+    p.add_argument("--mode", type=int, choices=(1, 2, 3),
+                   help="1 global branch only, 2 global to local, 3 also local to global "
+                        "(default: the fullest the model supports)")
+    p.add_argument("--refine", choices=("all", "confidence", "bbox", "bbox+confidence"),
+                   default="all", help="coarse to fine: refine only some patches with the local "
+                                       "branch (default all)")
+    p.add_argument("--refine-threshold", type=float, default=0.9,
+                   help="skip patches whose global confidence is at least this (default 0.9)")
+    p.add_argument("--no-resample", action="store_true",
+                   help="do not resample scenes whose resolution differs from the model's")
+    p.add_argument("--no-overviews", action="store_true", help="write the COG without overviews")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.set_defaults(run=_segment)
+
     for name, text in PLANNED.items():
         p = sub.add_parser(name, help=f"{text} (not in this version yet)",
                            description=f"{text[0].upper()}{text[1:]}. Not in this version yet.")
@@ -161,6 +207,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"glnet {args.command}: cancelled", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`glnet ... | head`): stop quietly, as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as exc:
         if args.debug:
             raise
@@ -281,6 +331,51 @@ def _evaluate(args: argparse.Namespace) -> int:
     if hasattr(report, "close"):
         report.close()
     print(result.to_json() if args.json else result.format())
+    return 0
+
+
+def _segment(args: argparse.Namespace) -> int:
+    from .segment import SegmentOptions, segment
+
+    if args.extent is not None and len(args.extent) != 4:
+        raise GlnetError("--extent needs four numbers: xmin,ymin,xmax,ymax")
+    vectorize = None
+    if args.polygons is not None:
+        try:
+            from .polygons import VectorizeOptions, vectorize
+        except ImportError:
+            raise GlnetError("--polygons is not available in this version yet "
+                             "(the glnet.polygons engine is missing)") from None
+        check_output_path(args.polygons, args.overwrite,
+                          inputs=[args.scene, args.model, args.output])
+    options = SegmentOptions(
+        bands=tuple(args.bands) if args.bands else None,
+        extent=tuple(args.extent) if args.extent else None, aoi=args.aoi,
+        aoi_layer=args.aoi_layer, probabilities=args.probabilities,
+        probability_kind=args.probability_kind, window_size=args.window, overlap=args.overlap,
+        blend=args.blend, mode=args.mode, refine=args.refine, confidence=args.refine_threshold,
+        resample=not args.no_resample, device=args.device, threads=args.threads,
+        sub_batch=args.batch, overwrite=args.overwrite, overviews=not args.no_overviews)
+    report = _progress(args, "segment")
+    try:
+        result = segment(args.scene, args.model, args.output, options, progress=report)
+    finally:
+        if hasattr(report, "close"):
+            report.close()
+    for text in result.warnings:
+        print(f"glnet segment: warning: {text}", file=sys.stderr)
+    total = max(result.valid_pixels, 1)
+    shares = ", ".join(f"{name} {100 * n / total:.1f}%" for name, n in result.class_pixels.items())
+    skipped = f", {result.skipped} without data skipped" if result.skipped else ""
+    print(f"wrote {args.output}: {result.width} x {result.height} px, {result.windows} "
+          f"window(s){skipped}, {result.seconds:.1f} s; {shares}")
+    if args.probabilities is not None:
+        print(f"wrote {args.probabilities}: {args.probability_kind} probabilities in percent")
+    if vectorize is not None:
+        from .polygons import summary
+
+        print(summary(vectorize(args.output, args.polygons,
+                                VectorizeOptions(overwrite=args.overwrite))))
     return 0
 
 

@@ -11,3 +11,7 @@ class GlnetError(Exception):
 
 class ModelFileError(GlnetError):
     """A model file that is missing, corrupt, crafted or of an unknown format."""
+
+
+class Cancelled(GlnetError):
+    """The user cancelled a run; nothing was left at the destination."""

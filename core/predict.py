@@ -9,6 +9,7 @@ Scenes larger than a window are assembled from windows elsewhere.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,7 +45,9 @@ def default_mode(model: GLNet) -> int:
 
 @torch.no_grad()
 def predict_window(model: GLNet, window: torch.Tensor, mode: int | None = None,
-                   policy: RefinePolicy | None = None, sub_batch: int = 6) -> WindowPrediction:
+                   policy: RefinePolicy | None = None, sub_batch: int = 6,
+                   smooth_patches: bool = False,
+                   on_batch: Callable[[int, int], None] | None = None) -> WindowPrediction:
     """Class probabilities for a ``(1, bands, H, W)`` normalised window.
 
     Args:
@@ -53,6 +56,12 @@ def predict_window(model: GLNet, window: torch.Tensor, mode: int | None = None,
         policy: coarse-to-fine patch selection (mode 2; mode 3 needs every
             patch's maps for local-to-global merging, so it refines all).
         sub_batch: patches per forward pass of the local branch.
+        smooth_patches: weight overlapping patches with a raised-cosine
+            cross-fade over their overlap instead of a plain mean (no step in
+            the weights where a patch ends; the window's own border is not
+            tapered). False keeps the released averaging.
+        on_batch: called as ``on_batch(done, total)`` after each sub-batch of
+            patches (progress; it may raise to cancel).
     """
     mode = default_mode(model) if mode is None else mode
     if mode == 3 and not model.has_context_branch:
@@ -60,10 +69,15 @@ def predict_window(model: GLNet, window: torch.Tensor, mode: int | None = None,
     H, W = window.shape[-2:]
     img_g = model.prepare(downsample(window, model.global_shape(H, W)))
     context = model.context_pyramid(img_g)
-    global_probs = F.interpolate(context.logits, size=(H, W), mode="bilinear",
-                                 align_corners=False).softmax(1)[0]
+
+    def global_probs() -> torch.Tensor:
+        # Full-resolution global probabilities: C x H x W floats, so made only
+        # when needed (mode 1, or pixels that no refined patch covers).
+        return F.interpolate(context.logits, size=(H, W), mode="bilinear",
+                             align_corners=False).softmax(1)[0]
+
     if mode == 1:
-        return WindowPrediction(global_probs, 0, 0)
+        return WindowPrediction(global_probs(), 0, 0)
 
     cfg = model.cfg
     grid = PatchGrid.for_window(H, W, cfg.patch_size, cfg.min_overlap)
@@ -74,6 +88,9 @@ def predict_window(model: GLNet, window: torch.Tensor, mode: int | None = None,
 
     global_ps3 = context.ps3
     local_maps: dict[int, torch.Tensor] = {}
+    # Progress in patch passes: mode 3 runs the local branch, then the aggregation.
+    steps = 2 * len(grid) if mode == 3 else len(selected)
+    done = 0
     if mode == 3:
         merger = LocalToGlobal(context, grid)
         for start in range(0, len(grid), sub_batch):
@@ -81,10 +98,17 @@ def predict_window(model: GLNet, window: torch.Tensor, mode: int | None = None,
             local = _local(model, window, grid, context, index)
             merger.add(local, index)
             local_maps.update(zip(index, local.ps3))
+            done += len(index)
+            if on_batch is not None:
+                on_batch(done, steps)
         global_ps3 = model.refined_pyramid(img_g, merger.result()).ps3
+    if smooth_patches:
+        row_w = _patch_axis_weights(grid.tops, grid.patch_h, context.logits)
+        col_w = _patch_axis_weights(grid.lefts, grid.patch_w, context.logits)
 
-    total = torch.zeros_like(global_probs)
-    weight = torch.zeros((1, H, W), dtype=global_probs.dtype)
+    logits = context.logits
+    total = torch.zeros((logits.shape[1], H, W), dtype=logits.dtype, device=logits.device)
+    weight = torch.zeros((1, H, W), dtype=logits.dtype, device=logits.device)
     for start in range(0, len(selected), sub_batch):
         index = selected[start:start + sub_batch]
         if mode == 3:
@@ -94,13 +118,46 @@ def predict_window(model: GLNet, window: torch.Tensor, mode: int | None = None,
         fg = crop_resized(global_ps3, grid.fractions[index], grid.ratio, tuple(fl.shape[-2:]))
         probs = F.interpolate(model.aggregate(fl, fg), size=(grid.patch_h, grid.patch_w),
                               mode="bilinear", align_corners=False).softmax(1)
-        for p, (t, left) in zip(probs, grid.offsets[index].tolist()):
-            total[:, t:t + grid.patch_h, left:left + grid.patch_w] += p
-            weight[:, t:t + grid.patch_h, left:left + grid.patch_w] += 1
+        for i, p, (t, left) in zip(index.tolist(), probs, grid.offsets[index].tolist()):
+            if smooth_patches:
+                w = row_w[i // len(grid.lefts)][:, None] * col_w[i % len(grid.lefts)][None, :]
+                total[:, t:t + grid.patch_h, left:left + grid.patch_w] += p * w
+                weight[:, t:t + grid.patch_h, left:left + grid.patch_w] += w
+            else:
+                total[:, t:t + grid.patch_h, left:left + grid.patch_w] += p
+                weight[:, t:t + grid.patch_h, left:left + grid.patch_w] += 1
+        done += len(index)
+        if on_batch is not None:
+            on_batch(done, steps)
     # Pixels no refined patch covers keep the global branch's prediction.
     covered = weight > 0
-    probs = torch.where(covered, total / weight.clamp(min=1), global_probs)
+    total /= weight.clamp(min=1e-12) if smooth_patches else weight.clamp(min=1)
+    probs = total if bool(covered.all()) else torch.where(covered, total, global_probs())
     return WindowPrediction(probs, len(grid), len(selected))
+
+
+def _patch_axis_weights(starts: tuple[int, ...], length: int,
+                        like: torch.Tensor) -> list[torch.Tensor]:
+    """Per-patch weights along one axis: 1, with a raised-cosine ramp over each overlap.
+
+    A patch fades out over its overlap with the next patch exactly as that one
+    fades in (the two sum to one); sides without a neighbour are not tapered.
+    Weights are strictly positive wherever a patch lies.
+    """
+    x = torch.arange(length, dtype=torch.float64) + 0.5
+    out = []
+    for k, s in enumerate(starts):
+        w = torch.ones(length, dtype=torch.float64)
+        if k > 0:
+            ov = starts[k - 1] + length - s
+            if ov > 0:
+                w *= 0.5 - 0.5 * torch.cos(torch.pi * (x / ov).clamp(max=1.0))
+        if k < len(starts) - 1:
+            ov = s + length - starts[k + 1]
+            if ov > 0:
+                w *= 0.5 - 0.5 * torch.cos(torch.pi * ((length - x) / ov).clamp(max=1.0))
+        out.append(w.to(device=like.device, dtype=like.dtype))
+    return out
 
 
 def _local(model: GLNet, window: torch.Tensor, grid: PatchGrid, context, index):
