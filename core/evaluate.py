@@ -1,0 +1,449 @@
+"""Score a class raster against reference labels, block by block.
+
+The prediction is a one-band integer class raster (the project's mask format:
+uint8, nodata 255, classes in the ``GLNET_CLASSES`` tag). The reference is
+either
+
+* a class raster: read through aligned windows when it shares the
+  prediction's grid, otherwise warped onto that grid with nearest-neighbour
+  resampling (``WarpedVRT``); its nodata, and everything outside it, is not
+  counted; or
+* polygons (GeoPackage, Shapefile, GeoJSON, anything OGR reads) with a class
+  field holding class values or class names (names are looked up in the
+  prediction's ``GLNET_CLASSES``); they are reprojected to the prediction's
+  CRS once and rasterised per block onto its grid (pixel centres,
+  ``all_touched=False``; where polygons overlap the later feature wins).
+  Pixels outside every polygon are not counted, or count as ``background``.
+
+Pixels that are nodata in the prediction are not counted either. Memory stays
+bounded by the block size (and the reference polygons).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import GlnetError
+from .metrics import ConfusionMatrix
+
+NODATA = 255
+MAX_CLASSES = 255
+VECTOR_DEFAULT_FIELDS = ("class_id", "class_name")
+# Polygons with more vertices than this are clipped to each block before
+# rasterising (GDAL's scanline fill walks all edges for every row).
+_CLIP_VERTICES = 2000
+
+
+@dataclass
+class Evaluation:
+    """The result of ``evaluate``: the confusion matrix and where it came from."""
+
+    matrix: ConfusionMatrix
+    class_names: list[str]
+    prediction: str
+    reference: str
+    reference_kind: str
+    skipped_pixels: int
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"prediction": self.prediction, "reference": self.reference,
+                "reference_kind": self.reference_kind, "skipped_pixels": self.skipped_pixels,
+                "notes": self.notes, **self.matrix.to_dict(self.class_names)}
+
+    def to_json(self) -> str:
+        """One line of JSON (like ``glnet info --json``); NaN scores are null."""
+        return json.dumps(self.to_dict(), allow_nan=False)
+
+    def format(self) -> str:
+        lines = [f"prediction  {self.prediction}",
+                 f"reference   {self.reference} ({self.reference_kind})",
+                 f"counted     {self.matrix.total:,} pixels; {self.skipped_pixels:,} skipped "
+                 "(nodata, or no reference)"]
+        lines += [f"note        {n}" for n in self.notes]
+        return "\n".join(lines) + "\n\n" + self.matrix.format_table(self.class_names)
+
+
+# --------------------------------------------------------------------------- opening
+
+
+def _exists(path: Path) -> bool:
+    return str(path).startswith("/vsi") or path.exists()
+
+
+def _open_raster(path: Path):
+    """A rasterio dataset, or None if GDAL cannot open ``path`` as a raster."""
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rasterio.open(path)
+    except RasterioIOError:
+        return None
+
+
+def _class_raster(ds, path: Path, role: str) -> None:
+    if ds.count != 1:
+        raise GlnetError(f"{path}: a {role} must be one band of class values, got {ds.count} bands "
+                         "(an RGB colour mask? convert it to class values first)")
+    if np.dtype(ds.dtypes[0]).kind not in "iu":
+        raise GlnetError(f"{path}: a {role} must hold integer class values, got {ds.dtypes[0]}")
+
+
+def _tag_classes(ds, path: Path) -> list | None:
+    from .masks import read_classes
+
+    try:
+        return read_classes(ds)
+    except (ValueError, KeyError, TypeError):
+        raise GlnetError(f"{path}: its GLNET_CLASSES tag is not a valid class list") from None
+
+
+def _overlaps(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _describe_crs(crs) -> str:
+    if crs is None:
+        return "no CRS"
+    epsg = crs.to_epsg()
+    return f"EPSG:{epsg}" if epsg else "a custom CRS"
+
+
+# --------------------------------------------------------------------------- references
+
+
+class _RasterReference:
+    """A reference class raster seen through the prediction's grid."""
+
+    def __init__(self, ds, path: Path, pred, pred_path: Path) -> None:
+        from rasterio.enums import Resampling
+        from rasterio.vrt import WarpedVRT
+
+        _class_raster(ds, path, "reference raster")
+        self.ds = ds
+        self.nodata = ds.nodata
+        same = ds.crs == pred.crs and ds.transform == pred.transform and ds.shape == pred.shape
+        if same:
+            self.view, self.kind = ds, "raster on the same grid"
+        elif ds.crs is None and pred.crs is None:
+            if ds.shape != pred.shape:
+                raise GlnetError(f"{path}: neither it nor {pred_path} is georeferenced, and their "
+                                 f"sizes differ ({ds.width} x {ds.height} and "
+                                 f"{pred.width} x {pred.height})")
+            self.view, self.kind = ds, "raster, ungeoreferenced, pixel for pixel"
+        elif ds.crs is None or pred.crs is None:
+            missing = path if ds.crs is None else pred_path
+            raise GlnetError(f"{missing}: has no CRS, so the reference cannot be placed on the "
+                             "prediction's grid")
+        else:
+            from rasterio.warp import transform_bounds
+
+            bounds = transform_bounds(ds.crs, pred.crs, *ds.bounds, densify_pts=21)
+            if not _overlaps(bounds, tuple(pred.bounds)):
+                raise GlnetError(f"{path}: does not overlap the prediction {pred_path} "
+                                 f"(reference {_describe_crs(ds.crs)}, prediction "
+                                 f"{_describe_crs(pred.crs)})")
+            self.nodata = ds.nodata if ds.nodata is not None else NODATA
+            self.view = WarpedVRT(ds, crs=pred.crs, transform=pred.transform, width=pred.width,
+                                  height=pred.height, resampling=Resampling.nearest,
+                                  src_nodata=ds.nodata, nodata=self.nodata)
+            self.kind = "raster, warped onto the prediction's grid (nearest neighbour)"
+
+    def read(self, window) -> tuple[np.ndarray, np.ndarray]:
+        a = self.view.read(1, window=window)
+        valid = a != NODATA
+        if self.nodata is not None:
+            valid &= a != self.nodata
+        return a, valid
+
+    def close(self) -> None:
+        if self.view is not self.ds:
+            self.view.close()
+        self.ds.close()
+
+
+class _VectorReference:
+    """Reference polygons rasterised per block onto the prediction's grid."""
+
+    def __init__(self, path: Path, pred, pred_path: Path, classes: Sequence | None,
+                 ref_field: str | None, layer: str | None, background: int | None,
+                 notes: list[str]) -> None:
+        import fiona
+        import shapely
+        from rasterio.warp import transform_geom
+        from shapely.geometry import shape
+
+        try:
+            layers = fiona.listlayers(path)
+        except Exception as exc:  # fiona raises DriverError and friends
+            raise GlnetError(f"{path}: neither a raster nor a vector file GDAL can read "
+                             f"({exc})") from None
+        if layer is None:
+            if len(layers) != 1:
+                raise GlnetError(f"{path}: has {len(layers)} layers ({', '.join(layers)}); "
+                                 "choose one with --ref-layer")
+            layer = layers[0]
+        elif layer not in layers:
+            raise GlnetError(f"{path}: no layer {layer!r}; its layers are: {', '.join(layers)}")
+        with fiona.open(path, layer=layer) as src:
+            fields = list(src.schema["properties"])
+            if ref_field is None:
+                ref_field = next((f for f in VECTOR_DEFAULT_FIELDS if f in fields), None)
+                if ref_field is None:
+                    raise GlnetError(f"{path}: no class field (class_id or class_name); its fields "
+                                     f"are: {', '.join(fields) or '(none)'}; choose one with "
+                                     "--ref-field")
+            elif ref_field not in fields:
+                raise GlnetError(f"{path}: no field {ref_field!r}; its fields are: "
+                                 f"{', '.join(fields) or '(none)'}")
+            src_crs = src.crs_wkt or None
+            records = [(f.geometry, f.properties[ref_field]) for f in src]
+        by_name = {c.name: c.value for c in classes} if classes else {}
+        geoms, values, skipped = [], [], 0
+        for geom, raw in records:
+            if geom is None or raw is None:
+                skipped += 1
+                continue
+            if geom["type"] not in ("Polygon", "MultiPolygon"):
+                raise GlnetError(f"{path}: reference features must be polygons, found a "
+                                 f"{geom['type']}")
+            geoms.append(geom)
+            values.append(_class_value(raw, by_name, classes, path, ref_field))
+        if skipped:
+            notes.append(f"{skipped} reference feature(s) without geometry or class skipped")
+        if not geoms:
+            raise GlnetError(f"{path}: no polygons with a class in layer {layer!r}")
+        if src_crs is None or pred.crs is None:
+            if src_crs is not None or pred.crs is not None:
+                notes.append("one of the inputs has no CRS; the polygons are taken to be in the "
+                             "prediction's coordinates")
+        elif not _same_crs(src_crs, pred.crs):
+            geoms = [transform_geom(src_crs, pred.crs, g) for g in geoms]
+            notes.append(f"polygons reprojected to the prediction's CRS ({_describe_crs(pred.crs)})")
+        self.geoms = np.array([shape(g) for g in geoms], dtype=object)
+        self.values = np.array(values, dtype=np.int64)
+        self.big = shapely.get_num_coordinates(self.geoms) > _CLIP_VERTICES
+        b = shapely.total_bounds(self.geoms)
+        if not _overlaps(tuple(b), tuple(pred.bounds)):
+            raise GlnetError(f"{path}: the polygons do not overlap the prediction {pred_path}")
+        self.tree = shapely.STRtree(self.geoms)
+        self.transform = pred.transform
+        self.fill = NODATA if background is None else background
+        self.kind = (f"polygons, field {ref_field!r}, rasterised onto the prediction's grid"
+                     + (f", outside them class {background}" if background is not None else ""))
+
+    def read(self, window) -> tuple[np.ndarray, np.ndarray]:
+        import shapely
+        from rasterio import features
+        from rasterio.transform import Affine
+
+        h, w = int(window.height), int(window.width)
+        t, c0, r0 = self.transform, int(window.col_off), int(window.row_off)
+        # (Explicit arithmetic: affine 3 deprecates the * operator rasterio.windows uses.)
+        transform = Affine(t.a, t.b, t.c + c0 * t.a + r0 * t.b, t.d, t.e, t.f + c0 * t.d + r0 * t.e)
+        xs = [transform.c + i * transform.a + j * transform.b for i in (0, w) for j in (0, h)]
+        ys = [transform.f + i * transform.d + j * transform.e for i in (0, w) for j in (0, h)]
+        left, bottom, right, top = min(xs), min(ys), max(xs), max(ys)
+        hits = np.sort(self.tree.query(shapely.box(left, bottom, right, top)))
+        if len(hits) == 0:
+            out = np.full((h, w), self.fill, dtype=np.uint8)
+        else:
+            # A margin of two pixels keeps every pixel centre of the block away
+            # from the clipping rectangle, so clipping changes no pixel.
+            mx, my = 2 * abs(transform.a) + 2 * abs(transform.b), 2 * abs(transform.e) + 2 * abs(transform.d)
+            shapes = []
+            for i in hits:
+                g = self.geoms[i]
+                if self.big[i]:
+                    g = shapely.clip_by_rect(g, left - mx, bottom - my, right + mx, top + my)
+                    if g.is_empty:
+                        continue
+                shapes.append((g, int(self.values[i])))
+            out = (features.rasterize(shapes, out_shape=(h, w), transform=transform,
+                                      fill=self.fill, dtype="uint8", all_touched=False)
+                   if shapes else np.full((h, w), self.fill, dtype=np.uint8))
+        return out, out != NODATA
+
+    def close(self) -> None:
+        pass
+
+
+def _same_crs(wkt: str, crs) -> bool:
+    from rasterio.crs import CRS
+
+    try:
+        return CRS.from_user_input(wkt) == crs
+    except Exception:
+        return False
+
+
+def _class_value(raw, by_name: dict, classes, path: Path, ref_field: str) -> int:
+    """A field value as a class value: an integer, or a name of the prediction's classes."""
+    value = None
+    if isinstance(raw, bool):
+        value = None
+    elif isinstance(raw, (int, np.integer)):
+        value = int(raw)
+    elif isinstance(raw, float) and raw.is_integer():
+        value = int(raw)
+    elif isinstance(raw, str):
+        text = raw.strip()
+        if text in by_name:
+            return by_name[text]
+        if text.lstrip("-").isdigit():
+            value = int(text)
+        elif not classes:
+            raise GlnetError(f"{path}: field {ref_field!r} holds class names ({raw!r}), but the "
+                             "prediction has no GLNET_CLASSES tag to look them up in; use a "
+                             "field of class values")
+        else:
+            raise GlnetError(f"{path}: class {raw!r} in field {ref_field!r} is not one of the "
+                             f"prediction's classes: {', '.join(by_name)}")
+    if value is None:
+        raise GlnetError(f"{path}: field {ref_field!r} holds {raw!r}, neither a class value nor "
+                         "a class name")
+    if not 0 <= value < MAX_CLASSES:
+        raise GlnetError(f"{path}: class value {value} in field {ref_field!r} is outside 0..254")
+    return value
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def evaluate(prediction: str | Path, reference: str | Path, *, ref_field: str | None = None,
+             ref_layer: str | None = None, ignore_classes: Sequence[int] = (),
+             background: int | str | None = None, block_size: int = 1024,
+             progress: Callable[..., None] | None = None) -> Evaluation:
+    """Compare a class raster with a reference raster or reference polygons.
+
+    Args:
+        prediction: one-band integer class raster; its nodata (255 if unset)
+            and masked pixels are not counted.
+        reference: class raster, or vector file of polygons.
+        ref_field: class field of a vector reference (default ``class_id``,
+            else ``class_name``).
+        ref_layer: layer of a multi-layer vector file.
+        ignore_classes: classes left out of mIoU and mean F1.
+        background: class (value or name) of pixels outside all reference
+            polygons; None leaves them uncounted. Vector references only.
+        block_size: side of the blocks read at a time, in pixels (rounded up
+            to the prediction's internal tiles).
+        progress: called as ``progress(fraction)`` after each block (the
+            project's progress convention, see ``progress.py``).
+    """
+    from rasterio.windows import Window
+
+    pred_path, ref_path = Path(prediction), Path(reference)
+    for p in (pred_path, ref_path):
+        if not _exists(p):
+            raise GlnetError(f"{p}: file not found")
+        if p.is_dir():
+            raise GlnetError(f"{p}: is a folder, not a raster or vector file")
+    if block_size < 16:
+        raise GlnetError(f"--block-size must be at least 16 pixels, got {block_size}")
+    pred = _open_raster(pred_path)
+    if pred is None:
+        raise GlnetError(f"{pred_path}: not a raster GDAL can read")
+    ref = None
+    try:
+        _class_raster(pred, pred_path, "prediction")
+        classes = _tag_classes(pred, pred_path)
+        notes: list[str] = []
+        ref_ds = _open_raster(ref_path)
+        if ref_ds is not None:
+            if ref_field is not None or ref_layer is not None:
+                ref_ds.close()
+                raise GlnetError(f"{ref_path}: is a raster; --ref-field and --ref-layer apply to "
+                                 "vector references")
+            if background is not None:
+                ref_ds.close()
+                raise GlnetError(f"{ref_path}: is a raster; --background applies to vector references")
+            try:
+                ref = _RasterReference(ref_ds, ref_path, pred, pred_path)
+            except BaseException:
+                ref_ds.close()
+                raise
+            ref_classes = _tag_classes(ref_ds, ref_path)
+            if classes is None:
+                classes = ref_classes
+            elif ref_classes is not None:
+                a = {c.value: c.name for c in classes}
+                b = {c.value: c.name for c in ref_classes}
+                diff = [v for v in sorted(set(a) & set(b)) if a[v] != b[v]]
+                if diff:
+                    notes.append("prediction and reference name classes differently: " + ", ".join(
+                        f"{v} {a[v]!r} / {b[v]!r}" for v in diff[:5]))
+        else:
+            bg = None if background is None else _background_value(background, classes)
+            ref = _VectorReference(ref_path, pred, pred_path, classes, ref_field, ref_layer, bg,
+                                   notes)
+
+        pred_nodata = pred.nodata if pred.nodata is not None else NODATA
+        bh, bw = pred.block_shapes[0]
+        step_r, step_c = _step(block_size, bh), _step(block_size, bw)
+        windows = [Window(c, r, min(step_c, pred.width - c), min(step_r, pred.height - r))
+                   for r in range(0, pred.height, step_r) for c in range(0, pred.width, step_c)]
+        big = ConfusionMatrix(MAX_CLASSES + 1)
+        skipped = 0
+        for i, window in enumerate(windows):
+            p = pred.read(1, window=window)
+            valid = (p != pred_nodata) & (pred.read_masks(1, window=window) != 0)
+            r, rvalid = ref.read(window)
+            valid &= rvalid
+            skipped += int(valid.size - np.count_nonzero(valid))
+            for name, a, path in (("prediction", p, pred_path), ("reference", r, ref_path)):
+                v = a[valid]
+                if v.size and (int(v.min()) < 0 or int(v.max()) >= MAX_CLASSES):
+                    bad = np.unique(v[(v < 0) | (v >= MAX_CLASSES)])[:5]
+                    raise GlnetError(f"{path}: {name} has values {', '.join(map(str, bad))} "
+                                     "that are not classes (0..254) nor its nodata")
+            big.update(p, r, valid)
+            if progress is not None:
+                progress((i + 1) / len(windows))
+    finally:
+        pred.close()
+        if ref is not None:
+            ref.close()
+
+    seen = np.nonzero(big.ref_counts + big.pred_counts)[0]
+    n = max(max((c.value for c in classes), default=-1) + 1 if classes else 0,
+            int(seen.max()) + 1 if seen.size else 1)
+    bad = [c for c in ignore_classes if not 0 <= int(c) < n]
+    if bad:
+        raise GlnetError(f"--ignore-classes: {', '.join(map(str, bad))} not among the classes "
+                         f"0..{n - 1}")
+    matrix = ConfusionMatrix(n, ignore_classes)
+    matrix.matrix[:] = big.matrix[:n, :n]
+    names = {c.value: c.name for c in classes} if classes else {}
+    return Evaluation(matrix, [names.get(c, f"class {c}") for c in range(n)], str(pred_path),
+                      str(ref_path), ref.kind, skipped, notes)
+
+
+def _step(block_size: int, internal: int) -> int:
+    """Block side: ``block_size`` rounded up to whole internal blocks, unless those are
+    much larger (a striped file's full-width strips)."""
+    if internal <= block_size:
+        return -(-block_size // internal) * internal
+    return internal if internal <= 4 * block_size else block_size
+
+
+def _background_value(background: int | str, classes) -> int:
+    if isinstance(background, (int, np.integer)) or str(background).strip().isdigit():
+        value = int(background)
+        if not 0 <= value < MAX_CLASSES:
+            raise GlnetError(f"--background must be a class value 0..254, got {value}")
+        return value
+    names = {c.name: c.value for c in classes} if classes else {}
+    if background not in names:
+        known = ", ".join(names) if names else "none: the prediction has no GLNET_CLASSES tag"
+        raise GlnetError(f"--background {background!r} is not a class name (known: {known})")
+    return names[background]

@@ -1,0 +1,319 @@
+"""Accuracy metrics against hand-computed confusion matrices, and `glnet evaluate` on real
+GeoTIFFs and GeoPackages: same grid, warped grids, polygons, reprojection, bad inputs."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import fiona
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import Affine
+from rasterio.warp import transform_geom
+
+from glnet import synth
+from glnet.errors import GlnetError
+from glnet.evaluate import evaluate
+from glnet.masks import classes_json
+from glnet.metrics import ConfusionMatrix
+
+GLNET = str(Path(sys.executable).with_name("glnet"))
+SIZE = 512
+
+# --------------------------------------------------------------------------- metrics
+
+REF = np.array([0, 0, 0, 1, 1, 2])
+PRED = np.array([0, 0, 1, 1, 2, 2])
+# rows reference, columns prediction
+MATRIX = [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
+
+
+def test_confusion_matrix_by_hand():
+    cm = ConfusionMatrix(3)
+    cm.update(PRED, REF)
+    assert cm.matrix.tolist() == MATRIX and cm.matrix.dtype == np.int64
+    # IoU = TP / (TP + FP + FN): 2/(2+0+1), 1/(1+1+1), 1/(1+1+0)
+    np.testing.assert_allclose(cm.iou(), [2 / 3, 1 / 3, 1 / 2])
+    assert cm.miou() == pytest.approx((2 / 3 + 1 / 3 + 1 / 2) / 3)
+    np.testing.assert_allclose(cm.precision(), [1.0, 0.5, 0.5])
+    np.testing.assert_allclose(cm.recall(), [2 / 3, 0.5, 1.0])
+    np.testing.assert_allclose(cm.f1(), [4 / 5, 1 / 2, 2 / 3])
+    assert cm.mean_f1() == pytest.approx((4 / 5 + 1 / 2 + 2 / 3) / 3)
+    assert cm.overall_accuracy() == pytest.approx(4 / 6)
+    assert cm.total == 6
+
+
+def test_ignored_classes_leave_the_means_only():
+    cm = ConfusionMatrix(3, ignore_classes=[0])
+    cm.update(PRED, REF)
+    assert cm.miou() == pytest.approx((1 / 3 + 1 / 2) / 2)
+    assert cm.mean_f1() == pytest.approx((1 / 2 + 2 / 3) / 2)
+    assert cm.overall_accuracy() == pytest.approx(4 / 6)  # class 0's pixels still count
+    assert cm.scored_classes() == [1, 2]
+    with pytest.raises(ValueError, match="not among"):
+        ConfusionMatrix(3, ignore_classes=[3])
+
+
+def test_absent_classes_are_nan_and_left_out():
+    cm = ConfusionMatrix(5)
+    cm.update(PRED, REF)
+    iou = cm.iou()
+    assert math.isnan(iou[3]) and math.isnan(iou[4]) and math.isnan(cm.f1()[3])
+    assert cm.miou() == pytest.approx(0.5)
+    # A class predicted but absent from the reference scores 0 and counts.
+    cm.update(np.array([4]), np.array([2]))
+    assert cm.iou()[4] == 0.0 and math.isnan(cm.recall()[4]) and cm.precision()[4] == 0.0
+    assert cm.scored_classes() == [0, 1, 2, 4]
+    d = cm.to_dict(["a", "b", "c", "d", "e"])
+    text = json.dumps(d, allow_nan=False)  # NaN became null
+    assert d["classes"][3]["iou"] is None and d["classes"][3]["name"] == "d"
+    assert json.loads(text)["confusion_matrix"][2][4] == 1
+    empty = ConfusionMatrix(2)
+    assert math.isnan(empty.miou()) and math.isnan(empty.overall_accuracy())
+
+
+def test_streaming_and_valid_mask():
+    rng = np.random.default_rng(0)
+    pred, ref = rng.integers(0, 4, (2, 64, 64))
+    valid = rng.random((64, 64)) > 0.3
+    whole = ConfusionMatrix(4)
+    whole.update(pred, ref, valid)
+    parts = ConfusionMatrix(4)
+    for rows in (slice(0, 10), slice(10, 40), slice(40, 64)):
+        parts.update(pred[rows], ref[rows], valid[rows])
+    assert np.array_equal(whole.matrix, parts.matrix)
+    assert whole.total == valid.sum()
+    expected = np.zeros((4, 4), dtype=np.int64)
+    np.add.at(expected, (ref[valid], pred[valid]), 1)
+    assert np.array_equal(whole.matrix, expected)
+    merged = ConfusionMatrix(4).merge(whole).merge(whole)
+    assert merged.total == 2 * whole.total
+    with pytest.raises(ValueError, match="outside the classes"):
+        whole.update(np.array([4]), np.array([0]))
+    with pytest.raises(ValueError, match="shape"):
+        whole.update(np.zeros(3, int), np.zeros(4, int))
+
+
+def test_table():
+    cm = ConfusionMatrix(4, ignore_classes=[0])
+    cm.update(PRED, REF)
+    table = cm.format_table(["unknown", "field", "forest", "water"])
+    assert "  0 unknown" in table and "(ignored)" in table and "mIoU" in table
+    assert "  3 water" in table and "     -" in table  # NaN shown as a dash
+    assert "confusion matrix (rows: reference, columns: prediction)" in table
+    assert f"{(1 / 3 + 1 / 2) / 2:.3f}" in table
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+@pytest.fixture(scope="module")
+def land(tmp_path_factory):
+    out = tmp_path_factory.mktemp("evaluate") / "land"
+    synth.synth(out, size=SIZE, seed=11)
+    with rasterio.open(out / "labels.tif") as ds:
+        labels = ds.read(1)
+        profile = ds.profile
+    return out, labels, profile
+
+
+def _write(path: Path, array: np.ndarray, profile: dict, tags: bool = True, **changes) -> Path:
+    p = dict(profile)
+    p.update(width=array.shape[-1], height=array.shape[-2], **changes)
+    with rasterio.open(path, "w", **p) as ds:
+        ds.write(array, 1)
+        if tags:
+            ds.update_tags(GLNET_CLASSES=classes_json(synth.CLASSES))
+    return path
+
+
+def _counts(pred: np.ndarray, ref: np.ndarray, n: int = 6) -> np.ndarray:
+    ok = (pred != 255) & (ref != 255)
+    m = np.zeros((n, n), dtype=np.int64)
+    np.add.at(m, (ref[ok], pred[ok]), 1)
+    return m
+
+
+def test_identical_rasters(land):
+    out, labels, _ = land
+    res = evaluate(out / "labels.tif", out / "labels.tif", block_size=200)
+    assert res.matrix.miou() == 1.0 and res.matrix.overall_accuracy() == 1.0
+    assert res.reference_kind == "raster on the same grid"
+    assert res.class_names == [c.name for c in synth.CLASSES]
+    assert np.array_equal(np.diag(res.matrix.matrix), np.bincount(labels.ravel(), minlength=6))
+
+
+def test_known_perturbation(land, tmp_path):
+    out, labels, profile = land
+    pred = labels.copy()
+    pred[100:200, 50:350] = synth.WATER
+    pred[0:10, :] = 255  # nodata: not counted
+    path = _write(tmp_path / "pred.tif", pred, profile)
+    res = evaluate(path, out / "labels.tif", block_size=128, ignore_classes=[0])
+    assert np.array_equal(res.matrix.matrix, _counts(pred, labels))
+    assert res.skipped_pixels == 10 * SIZE
+    # IoU of water by hand: TP / (ref + pred - TP) over the counted rows.
+    ref_w = (labels[10:] == 4).sum()
+    pred_w = (pred[10:] == 4).sum()
+    tp = ((labels[10:] == 4) & (pred[10:] == 4)).sum()
+    assert res.matrix.iou()[4] == pytest.approx(tp / (ref_w + pred_w - tp))
+    assert res.matrix.overall_accuracy() == pytest.approx((pred[10:] == labels[10:]).mean())
+    assert 0.0 < res.matrix.miou() < 1.0 and res.matrix.scored_classes() == [1, 2, 3, 4, 5]
+
+
+def test_reference_polygons(land):
+    out, labels, _ = land
+    res = evaluate(out / "labels.tif", out / "labels.gpkg", block_size=100)
+    assert res.matrix.miou() == 1.0 and res.skipped_pixels == 0
+    assert "field 'class_id'" in res.reference_kind
+    assert np.array_equal(np.diag(res.matrix.matrix), np.bincount(labels.ravel(), minlength=6))
+
+
+def _copy_features(src_path: Path, dst_path: Path, driver: str, keep=("class_id", "class_name"),
+                   crs: str | None = None, where=lambda f: True) -> Path:
+    with fiona.open(src_path) as src:
+        schema = {"geometry": "Polygon",
+                  "properties": {k: v for k, v in src.schema["properties"].items() if k in keep}}
+        records = [f for f in src if where(f)]
+        src_crs = src.crs_wkt
+    with fiona.open(dst_path, "w", driver=driver, schema=schema,
+                    crs=crs or src_crs) as dst:
+        for f in records:
+            geom = dict(f.geometry)
+            if crs is not None:
+                geom = transform_geom(src_crs, crs, geom)
+            dst.write({"geometry": geom,
+                       "properties": {k: f.properties[k] for k in keep}})
+    return dst_path
+
+
+def test_polygons_by_name_reprojected_to_wgs84(land, tmp_path):
+    out, labels, _ = land
+    ref = _copy_features(out / "labels.gpkg", tmp_path / "ref.geojson", "GeoJSON",
+                         keep=("class_name",), crs="EPSG:4326")
+    res = evaluate(out / "labels.tif", ref)
+    # Vertices go to degrees and back to UTM to well under a millimetre; pixel centres are
+    # 25 cm from any edge, so the rasterised reference is exact.
+    assert res.matrix.miou() == 1.0
+    assert "field 'class_name'" in res.reference_kind
+    assert any("reprojected" in n for n in res.notes)
+
+
+def test_polygons_background_and_gaps(land, tmp_path):
+    out, labels, _ = land
+    ref = _copy_features(out / "labels.gpkg", tmp_path / "ref.shp", "ESRI Shapefile",
+                         where=lambda f: f.properties["class_id"] != 0)
+    res = evaluate(out / "labels.tif", ref)
+    grass = int((labels == 0).sum())
+    assert res.skipped_pixels == grass and res.matrix.total == labels.size - grass
+    assert res.matrix.miou() == 1.0 and math.isnan(res.matrix.iou()[0])
+    res = evaluate(out / "labels.tif", ref, background="grassland")
+    assert res.skipped_pixels == 0 and res.matrix.miou() == 1.0
+
+
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # rasterio's own use of affine
+def test_reference_raster_on_another_grid(land, tmp_path):
+    out, labels, profile = land
+    t = profile["transform"]
+    # A finer grid (3 x 3 sub-pixels per pixel; nearest-neighbour picks the middle one),
+    # missing the prediction's first 10 rows.
+    fine = np.repeat(np.repeat(labels[10:], 3, axis=0), 3, axis=1)
+    ft = Affine(t.a / 3, 0, t.c, 0, t.e / 3, t.f + 10 * t.e)
+    path = _write(tmp_path / "fine.tif", fine, profile, transform=ft, blockxsize=256, blockysize=256)
+    res = evaluate(out / "labels.tif", path)
+    assert "warped" in res.reference_kind
+    assert res.matrix.miou() == 1.0 and res.skipped_pixels == 10 * SIZE
+
+    # The same labels reprojected to Web Mercator: resampled, so nearly but not exactly equal.
+    from rasterio.warp import Resampling, calculate_default_transform, reproject
+
+    bounds = (t.c, t.f + SIZE * t.e, t.c + SIZE * t.a, t.f)
+    dst_t, w, h = calculate_default_transform(profile["crs"], "EPSG:3857", SIZE, SIZE, *bounds)
+    merc = np.full((h, w), 255, dtype=np.uint8)
+    reproject(labels, merc, src_transform=t, src_crs=profile["crs"], dst_transform=dst_t,
+              dst_crs="EPSG:3857", resampling=Resampling.nearest, dst_nodata=255)
+    path = _write(tmp_path / "merc.tif", merc, profile, crs="EPSG:3857", transform=dst_t)
+    res = evaluate(out / "labels.tif", path)
+    assert 0.85 < res.matrix.miou() < 1.0
+    assert res.matrix.overall_accuracy() > 0.97
+
+
+def test_bad_inputs(land, tmp_path):
+    out, labels, profile = land
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    with pytest.raises(GlnetError, match=f"{text}: not a raster"):
+        evaluate(text, out / "labels.tif")
+    with pytest.raises(GlnetError, match="neither a raster nor a vector"):
+        evaluate(out / "labels.tif", text)
+    with pytest.raises(GlnetError, match="missing.tif: file not found"):
+        evaluate(tmp_path / "missing.tif", out / "labels.tif")
+    with pytest.raises(GlnetError, match="one band of class values, got 3 bands"):
+        evaluate(out / "scene.tif", out / "labels.tif")
+    floats = _write(tmp_path / "f.tif", labels.astype("float32"), profile, dtype="float32")
+    with pytest.raises(GlnetError, match="integer class values"):
+        evaluate(floats, out / "labels.tif")
+    t = profile["transform"]
+    far = _write(tmp_path / "far.tif", labels, profile, transform=Affine(t.a, 0, t.c + 1e5, 0, t.e, t.f))
+    with pytest.raises(GlnetError, match="does not overlap"):
+        evaluate(out / "labels.tif", far)
+    with pytest.raises(GlnetError, match="no field 'kind'; its fields are: class_id, class_name"):
+        evaluate(out / "labels.tif", out / "labels.gpkg", ref_field="kind")
+    with pytest.raises(GlnetError, match="applies to vector references"):
+        evaluate(out / "labels.tif", out / "labels.tif", background=0)
+    with pytest.raises(GlnetError, match="--ignore-classes: 9"):
+        evaluate(out / "labels.tif", out / "labels.tif", ignore_classes=[9])
+    # Names that the prediction does not know, and names without a class list.
+    odd = tmp_path / "odd.gpkg"
+    with fiona.open(odd, "w", driver="GPKG", crs=profile["crs"].to_wkt(),
+                    schema={"geometry": "Polygon", "properties": {"kind": "str"}}) as dst:
+        x, y = t.c + 10, t.f - 10
+        dst.write({"geometry": {"type": "Polygon", "coordinates": [[(x, y), (x + 50, y),
+                                                                     (x + 50, y - 50), (x, y)]]},
+                   "properties": {"kind": "orchard"}})
+    with pytest.raises(GlnetError, match="no class field.*its fields are: kind"):
+        evaluate(out / "labels.tif", odd)
+    with pytest.raises(GlnetError, match="'orchard'.*not one of the prediction's classes: "
+                                         "grassland, agriculture, barren"):
+        evaluate(out / "labels.tif", odd, ref_field="kind")
+    bare = _write(tmp_path / "bare.tif", labels, profile, tags=False)
+    with pytest.raises(GlnetError, match="no GLNET_CLASSES tag"):
+        evaluate(bare, odd, ref_field="kind")
+
+
+def test_cli(land, tmp_path):
+    out, labels, profile = land
+    pred = labels.copy()
+    pred[:, :64] = synth.GRASSLAND
+    path = _write(tmp_path / "pred.tif", pred, profile)
+    res = subprocess.run([GLNET, "evaluate", str(path), str(out / "labels.gpkg"), "--json",
+                          "--ignore-classes", "0", "--block-size", "256"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    d = json.loads(res.stdout)
+    expected = ConfusionMatrix(6, [0])
+    expected.update(pred, labels)
+    assert d["confusion_matrix"] == expected.matrix.tolist()
+    assert d["miou"] == pytest.approx(expected.miou()) and d["ignore_classes"] == [0]
+    assert [c["name"] for c in d["classes"]][:2] == ["grassland", "agriculture"]
+    res = subprocess.run([GLNET, "evaluate", str(path), str(out / "labels.tif")],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "mIoU" in res.stdout and "  5 road" in res.stdout
+    bad = subprocess.run([GLNET, "evaluate", str(path), str(out / "labels.gpkg"), "--ref-field", "x"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "its fields are: class_id, class_name" in bad.stderr
+    assert bad.stderr.strip().count("\n") == 0
+
+
+def test_synth_copy_evaluates_after_move(land, tmp_path):
+    # Outputs are self-contained: a copied folder still evaluates (no absolute paths inside).
+    out, _, _ = land
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    assert evaluate(copy / "labels.tif", copy / "labels.gpkg").matrix.miou() == 1.0
