@@ -18,9 +18,7 @@ from .errors import GlnetError
 from .files import check_output_path
 
 # Commands that later releases fill in, with the issue that brings them.
-PLANNED = {
-    "vectorize": "turn a land-cover mask into polygons",
-}
+PLANNED: dict[str, str] = {}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -163,7 +161,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--aoi-layer", help="layer of the --aoi file (default: its first)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--threads", type=int, help="CPU threads for the model")
-    p.add_argument("--batch", type=int, default=6, help="patches per forward pass (default 6)")
+    p.add_argument("--batch", type=int, default=1,
+                   help="patches per forward pass (default 1; more is faster on a GPU)")
     p.add_argument("--window", type=int, help="context window in pixels (default: the model's)")
     p.add_argument("--overlap", type=int, help="least overlap of windows in pixels "
                                                "(default: a quarter window)")
@@ -182,6 +181,37 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-overviews", action="store_true", help="write the COG without overviews")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(run=_segment)
+
+    p = sub.add_parser(
+        "vectorize", help="turn a land-cover mask into polygons",
+        description="Turn a class raster (the mask of glnet segment, or any single-band integer "
+                    "raster) into polygons with class_id, class_name, area_m2 and perimeter_m: "
+                    "optionally sieved and simplified so that neighbours still share their "
+                    "edges. The mask is read in strips, so memory does not grow with its size. "
+                    "A GeoPackage also carries the class colours as the style QGIS applies on "
+                    "load. Without a CRS the polygons stay in pixel units, areas are left empty.")
+    p.add_argument("mask", type=Path, metavar="MASK", help="class raster")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="POLYGONS.gpkg",
+                   help="vector file to write (.gpkg, .shp, .geojson, .fgb)")
+    sieve = p.add_mutually_exclusive_group()
+    sieve.add_argument("--min-area", type=float, metavar="M2",
+                       help="merge regions smaller than this many square metres into their "
+                            "largest neighbour")
+    sieve.add_argument("--min-pixels", type=int, metavar="N",
+                       help="merge regions of fewer than N pixels into their largest neighbour")
+    p.add_argument("--simplify", type=float, default=0.0, metavar="M",
+                   help="simplify shared edges with this tolerance in metres (0: pixel outlines)")
+    p.add_argument("--smooth", type=int, default=0, metavar="N",
+                   help="Chaikin smoothing iterations of shared edges (0 to 5, default 0)")
+    p.add_argument("--classes", type=_int_list, metavar="1,2",
+                   help="write only polygons of these class values")
+    p.add_argument("--block-size", type=int, default=None, metavar="ROWS",
+                   help="rows per strip (default 512; 0 reads the whole mask at once)")
+    p.add_argument("--format", choices=("GPKG", "ESRI Shapefile", "GeoJSON", "FlatGeobuf"),
+                   help="output format (default: from the extension)")
+    p.add_argument("--layer", help="layer name (default: the output file's name)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.set_defaults(run=_vectorize)
 
     for name, text in PLANNED.items():
         p = sub.add_parser(name, help=f"{text} (not in this version yet)",
@@ -370,12 +400,37 @@ def _segment(args: argparse.Namespace) -> int:
     print(f"wrote {args.output}: {result.width} x {result.height} px, {result.windows} "
           f"window(s){skipped}, {result.seconds:.1f} s; {shares}")
     if args.probabilities is not None:
-        print(f"wrote {args.probabilities}: {args.probability_kind} probabilities in percent")
+        kind = "per-class probabilities" if args.probability_kind == "classes" else "confidence"
+        print(f"wrote {args.probabilities}: {kind} in percent")
     if vectorize is not None:
         from .polygons import summary
 
         print(summary(vectorize(args.output, args.polygons,
                                 VectorizeOptions(overwrite=args.overwrite))))
+    return 0
+
+
+def _vectorize(args: argparse.Namespace) -> int:
+    import warnings
+
+    from .polygons import DEFAULT_BLOCK_ROWS, VectorizeOptions, summary, vectorize
+
+    options = VectorizeOptions(
+        min_area=args.min_area, min_pixels=args.min_pixels, simplify=args.simplify,
+        smooth=args.smooth, class_ids=tuple(args.classes) if args.classes else None,
+        block_size=DEFAULT_BLOCK_ROWS if args.block_size is None else args.block_size,
+        driver=args.format, layer=args.layer, overwrite=args.overwrite)
+    report = _progress(args, "vectorize")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = lambda message, *rest, **kw: _log(
+                report, f"glnet vectorize: warning: {message}")
+            result = vectorize(args.mask, args.output, options, progress=report)
+    finally:
+        if hasattr(report, "close"):
+            report.close()
+    print(summary(result))
     return 0
 
 
