@@ -12,6 +12,7 @@ from qgis.core import (
     QgsProcessingParameterFileDestination,
 )
 from qgis.PyQt.QtCore import QCoreApplication
+from qgis.PyQt.QtGui import QIcon
 
 from .engine_loader import import_engine
 
@@ -47,10 +48,18 @@ class ModelInfoAlgorithm(QgsProcessingAlgorithm):
         return self.tr("Model information")
 
     def group(self):
-        return self.tr("GLNet")
+        return self.tr("Models")
 
     def groupId(self):
-        return "glnet"
+        return "models"
+
+    def icon(self):
+        from .algorithm import ICON_PATH
+
+        return QIcon(ICON_PATH)
+
+    def shortDescription(self):
+        return self.tr("Shows a GLNet model file's classes, bands and window sizes.")
 
     def shortHelpString(self):
         return self.tr(

@@ -6,11 +6,19 @@ import os
 from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
+from . import worker
+from .evaluate import EvaluateAlgorithm
+from .importofficial import ImportOfficialAlgorithm
 from .modelinfo import ModelInfoAlgorithm
+from .segment import SegmentAlgorithm
+from .train import TrainAlgorithm
+from .vectorize import VectorizeAlgorithm
 
 PLUGIN_DIR = os.path.dirname(__file__)
 ICON_PATH = os.path.join(PLUGIN_DIR, "icon.svg")
 METADATA_PATH = os.path.join(PLUGIN_DIR, "metadata.txt")
+ALGORITHMS = (SegmentAlgorithm, TrainAlgorithm, VectorizeAlgorithm, EvaluateAlgorithm,
+              ImportOfficialAlgorithm, ModelInfoAlgorithm)
 
 
 class GlnetProvider(QgsProcessingProvider):
@@ -36,5 +44,52 @@ class GlnetProvider(QgsProcessingProvider):
         parser.read(METADATA_PATH, encoding="utf-8")
         return parser.get("general", "version", fallback="")
 
+    def load(self):
+        _add_settings(self.name())
+        self.refreshAlgorithms()
+        return True
+
+    def unload(self):
+        _remove_settings()
+
     def loadAlgorithms(self):
-        self.addAlgorithm(ModelInfoAlgorithm())
+        for cls in ALGORITHMS:
+            self.addAlgorithm(cls())
+
+    # The engine writes files itself: GeoTIFF masks and OGR vector files.
+    def supportsNonFileBasedOutput(self):
+        return False
+
+    def supportedOutputRasterLayerExtensions(self):
+        return ["tif"]
+
+    def supportedOutputVectorLayerExtensions(self):
+        return ["gpkg", "shp", "geojson", "fgb"]
+
+    def defaultVectorFileExtension(self, hasGeometry=True):
+        return "gpkg"
+
+    def defaultRasterFileExtension(self):
+        return "tif"
+
+
+def _add_settings(group):
+    """The engine's Python in Settings > Options > Processing > Providers > GLNet."""
+    try:
+        from processing.core.ProcessingConfig import ProcessingConfig, Setting
+    except ImportError:  # Processing's Python part is absent: the setting is read all the same
+        return
+    ProcessingConfig.addSetting(Setting(
+        group, worker.SETTING,
+        "Python with the GLNet engine (empty: GLNET_PYTHON, else found automatically)", "",
+        valuetype=Setting.FILE))
+    ProcessingConfig.readSettings()
+    worker.forget()
+
+
+def _remove_settings():
+    try:
+        from processing.core.ProcessingConfig import ProcessingConfig
+    except ImportError:
+        return
+    ProcessingConfig.removeSetting(worker.SETTING)

@@ -16,7 +16,6 @@ Without /usr/bin/qgis_process.bin these tests are skipped, except under CI
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import pickle
@@ -26,82 +25,29 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from qgis_support import (
+    PLUGIN,
+    ROOT,
+    SYSTEM_PYTHON,
+    TIMEOUT,
+    Qgis,
+    build_plugin_zip,
+    install_zip,
+    require_qgis,
+)
+from qgis_support import metadata as _metadata
 
-ROOT = Path(__file__).resolve().parents[1]
-QGIS_PROCESS = Path("/usr/bin/qgis_process.bin")
-SYSTEM_PYTHON = Path("/usr/bin/python3")
-QGIS_UNZIP = Path("/usr/share/qgis/python/pyplugin_installer/unzip.py")
-PLUGIN = "glnet_qgis"
 ALG = "glnet:modelinfo"
+ALGORITHMS = ("glnet:segmentlandcover", "glnet:train", "glnet:vectorize", "glnet:evaluate",
+              "glnet:importofficial", "glnet:modelinfo")
 CLASSES = (("water", (31, 120, 180)), ("forest <wet> & dry", (51, 160, 44)),
            ("built-up", (227, 26, 28)))
-TIMEOUT = 120
 
 pytestmark = pytest.mark.qgis
 
 
-def require_qgis() -> None:
-    """Skip without QGIS; under CI, fail instead: the QGIS tests must run there."""
-    if QGIS_PROCESS.is_file() and os.access(QGIS_PROCESS, os.X_OK):
-        return
-    message = (f"{QGIS_PROCESS} is missing: install Debian's qgis and python3-qgis "
-               "(`make qgis` does it as root)")
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI=true but {message}", pytrace=False)
-    pytest.skip(message)
-
-
-def isolated_env(home: Path, plugin_path: Path | None) -> dict[str, str]:
-    """The environment of a QGIS run whose profile and settings live under ``home``."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("QGIS_", "PYTHON", "XDG_")) and k != "VIRTUAL_ENV"}
-    runtime = home / "runtime"
-    runtime.mkdir(mode=0o700, parents=True, exist_ok=True)
-    env.update(
-        HOME=str(home),
-        XDG_CONFIG_HOME=str(home / ".config"),
-        XDG_DATA_HOME=str(home / ".local" / "share"),
-        XDG_CACHE_HOME=str(home / ".cache"),
-        XDG_RUNTIME_DIR=str(runtime),
-        QT_QPA_PLATFORM="offscreen",
-        PYTHONDONTWRITEBYTECODE="1",
-    )
-    if plugin_path is not None:
-        env["QGIS_PLUGINPATH"] = str(plugin_path)
-    return env
-
-
-class Qgis:
-    """``qgis_process`` in a profile of its own."""
-
-    def __init__(self, home: Path, plugin_path: Path | None):
-        self.home = home
-        self.env = isolated_env(home, plugin_path)
-        self.profile = home / ".local" / "share" / "QGIS" / "QGIS3" / "profiles" / "default"
-        self.plugins_dir = self.profile / "python" / "plugins"
-        self._enabled: subprocess.CompletedProcess | None = None
-
-    def run(self, *args: str) -> subprocess.CompletedProcess:
-        require_qgis()
-        return subprocess.run([str(QGIS_PROCESS), *args], env=self.env, cwd=self.home,
-                              capture_output=True, text=True, timeout=TIMEOUT)
-
-    def json(self, *args: str) -> dict:
-        proc = self.run("--json", *args)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        return json.loads(proc.stdout)
-
-    def enable(self) -> subprocess.CompletedProcess:
-        """``plugins enable glnet_qgis`` once per profile."""
-        if self._enabled is None:
-            proc = self.run("plugins", "enable", PLUGIN)
-            assert proc.returncode == 0, proc.stdout + proc.stderr
-            self._enabled = proc
-        return self._enabled
-
-    def modelinfo(self, model: Path, *extra: str) -> subprocess.CompletedProcess:
-        self.enable()
-        return self.run("run", ALG, "--json", "--", f"MODEL={model}", *extra)
+def modelinfo(qgis: Qgis, model: Path, *extra: str) -> subprocess.CompletedProcess:
+    return qgis.algorithm(ALG, f"MODEL={model}", *extra)
 
 
 @pytest.fixture(scope="module")
@@ -127,44 +73,15 @@ def dev_qgis(tmp_path_factory) -> Qgis:
 @pytest.fixture(scope="module")
 def plugin_zip(tmp_path_factory) -> Path:
     """The zip of ``make plugin``, built into a temporary folder."""
-    out = tmp_path_factory.mktemp("plugin-build")
-    proc = subprocess.run(
-        ["make", "--no-print-directory", "-C", str(ROOT), "plugin",
-         f"DIST={out / 'dist'}", f"PLUGIN_BUILD={out / 'build'}"],
-        capture_output=True, text=True, timeout=TIMEOUT)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    version = _metadata(ROOT / "metadata.txt")["version"]
-    path = out / "dist" / f"{PLUGIN}-{version}.zip"
-    assert path.is_file(), proc.stdout
-    return path
+    return build_plugin_zip(tmp_path_factory.mktemp("plugin-build"))
 
 
 @pytest.fixture(scope="module")
 def zip_qgis(tmp_path_factory, plugin_zip) -> Qgis:
     """QGIS with the zip installed into its profile and no way to reach the repository."""
     qgis = Qgis(tmp_path_factory.mktemp("zip-home"), plugin_path=None)
-    # What the plugin installer does: the plugin is the folder holding the
-    # shortest-named metadata.txt, unpacked with QGIS's own unzip function.
-    with zipfile.ZipFile(plugin_zip) as zf:
-        metadata = sorted(n for n in zf.namelist() if n.endswith("metadata.txt"))
-    assert metadata and os.path.split(metadata[0])[0] == PLUGIN, metadata
-    if QGIS_UNZIP.is_file():
-        spec = importlib.util.spec_from_file_location("qgis_plugin_unzip", QGIS_UNZIP)
-        unzip = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(unzip)
-        unzip.unzip(str(plugin_zip), str(qgis.plugins_dir))
-    else:
-        with zipfile.ZipFile(plugin_zip) as zf:
-            zf.extractall(qgis.plugins_dir)
+    install_zip(qgis, plugin_zip)
     return qgis
-
-
-def _metadata(path: Path) -> dict[str, str]:
-    import configparser
-
-    parser = configparser.ConfigParser(interpolation=None)
-    parser.read(path, encoding="utf-8")
-    return dict(parser["general"])
 
 
 def _engine_dir(proc: subprocess.CompletedProcess) -> Path:
@@ -219,7 +136,7 @@ def test_enable_and_list(dev_qgis):
     glnet = providers["glnet"]
     assert glnet["name"] == "GLNet"
     assert glnet["is_active"] is True
-    assert ALG in glnet["algorithms"]
+    assert set(glnet["algorithms"]) == set(ALGORITHMS), sorted(glnet["algorithms"])
     assert glnet["algorithms"][ALG]["name"] == "Model information"
     assert glnet["version"] == _metadata(ROOT / "metadata.txt")["version"]
 
@@ -243,7 +160,7 @@ def test_help_documents_model_parameter(dev_qgis):
 
 def test_modelinfo_reads_the_model(dev_qgis, model_file, tmp_path):
     report = tmp_path / "model report.html"
-    proc = dev_qgis.modelinfo(model_file, f"OUTPUT_HTML={report}")
+    proc = modelinfo(dev_qgis, model_file, f"OUTPUT_HTML={report}")
     out = assert_model_results(proc, model_file)
     assert out["results"]["OUTPUT_HTML"] == str(report)
     # Development layout: the engine is the repository's core/.
@@ -264,7 +181,7 @@ def test_modelinfo_refuses_other_files(dev_qgis, tmp_path, kind):
     else:
         path = tmp_path / "weights.pth"
         path.write_bytes(pickle.dumps({"conv1.weight": [0.5] * 64}, protocol=4))
-    proc = dev_qgis.modelinfo(path)
+    proc = modelinfo(dev_qgis, path)
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0, output
     assert f"{path}: not a GLNet model file" in output
@@ -284,10 +201,13 @@ def test_zip_holds_real_files_and_the_engine(plugin_zip):
         icon = zf.read(f"{PLUGIN}/icon.svg").decode("utf-8")
     assert meta == (ROOT / "metadata.txt").read_text(encoding="utf-8")
     assert "<svg" in icon
-    for name in ("__init__.py", "provider.py", "modelinfo.py", "engine_loader.py"):
+    for name in ("__init__.py", "provider.py", "modelinfo.py", "engine_loader.py", "worker.py",
+                 "algorithm.py", "styles.py", "segment.py", "train.py", "vectorize.py",
+                 "evaluate.py", "importofficial.py"):
         assert f"{PLUGIN}/{name}" in names
     for source in (ROOT / "core").glob("*.py"):
         assert f"{PLUGIN}/engine/{source.name}" in names
+    assert f"{PLUGIN}/models/segment_and_vectorize.model3" in names
 
 
 def test_zip_engine_imports_without_torch(zip_qgis, model_file):
@@ -342,9 +262,9 @@ def test_zip_installed_plugin_works_without_the_repository(zip_qgis, model_file)
     proc = zip_qgis.enable()
     assert "Enabled glnet_qgis (GLNet land cover)" in proc.stdout, proc.stdout + proc.stderr
     providers = zip_qgis.json("list")["providers"]
-    assert ALG in providers["glnet"]["algorithms"], sorted(providers)
+    assert set(providers["glnet"]["algorithms"]) == set(ALGORITHMS), providers["glnet"]
 
-    proc = zip_qgis.modelinfo(model_file)
+    proc = modelinfo(zip_qgis, model_file)
     out = assert_model_results(proc, model_file)
     assert "OUTPUT_HTML" not in out["results"]  # the report is optional and off by default
     assert _engine_dir(proc) == (zip_qgis.plugins_dir / PLUGIN / "engine").resolve()

@@ -1,0 +1,218 @@
+"""Processing algorithm ``glnet:segmentlandcover``: ``glnet segment`` in the worker."""
+
+import os
+
+from qgis.core import (
+    QgsProcessing,
+    QgsProcessingException,
+    QgsProcessingParameterBand,
+    QgsProcessingParameterBoolean,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterExtent,
+    QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterVectorDestination,
+)
+
+from . import styles
+from .algorithm import MODEL_FILTER, VECTOR_EXTENSIONS, GlnetAlgorithm, advanced, join
+
+DEVICES = ("cpu", "cuda")
+MODES = (None, 1, 2, 3)
+REFINE = ("all", "confidence", "bbox", "bbox+confidence")
+PROBABILITY_KINDS = ("classes", "confidence")
+
+
+class SegmentAlgorithm(GlnetAlgorithm):
+    """Segments a raster into a land-cover mask with a GLNet model."""
+
+    INPUT = "INPUT"
+    BANDS = "BANDS"
+    MODEL = "MODEL"
+    EXTENT = "EXTENT"
+    AOI = "AOI"
+    DEVICE = "DEVICE"
+    WINDOW = "WINDOW"
+    OVERLAP = "OVERLAP"
+    BLEND = "BLEND"
+    BATCH = "BATCH"
+    MODE = "MODE"
+    REFINE = "REFINE"
+    REFINE_THRESHOLD = "REFINE_THRESHOLD"
+    THREADS = "THREADS"
+    RESAMPLE = "RESAMPLE"
+    OVERVIEWS = "OVERVIEWS"
+    PROBABILITY_KIND = "PROBABILITY_KIND"
+    OUTPUT = "OUTPUT"
+    PROBABILITIES = "PROBABILITIES"
+    POLYGONS = "POLYGONS"
+
+    def name(self):
+        return "segmentlandcover"
+
+    def displayName(self):
+        return self.tr("Segment land cover (GLNet)")
+
+    def shortDescription(self):
+        return self.tr("Segments a raster of any size into a land-cover mask with a GLNet model.")
+
+    def shortHelpString(self):
+        return self.tr(
+            "Segments a georeferenced raster of any size into a land-cover mask with a GLNet "
+            "model (.glnet, from 'Train GLNet model' or 'Import released GLNet checkpoints').\n\n"
+            "The mask is a Cloud Optimized GeoTIFF on the input's grid (same CRS and pixels): "
+            "one band of class values with nodata 255, the class colours and names. Loaded "
+            "from the dialog it is styled with them. Optional outputs: class probabilities in "
+            "percent, and the mask as polygons.\n\n"
+            "Bands: the input bands in the order the model takes them (empty: all bands, a "
+            "trailing alpha band dropped). Extent and area of interest limit the work and the "
+            "output; pixels outside the area's polygons are nodata. Device: cpu, or cuda for an "
+            "NVIDIA GPU.\n\n"
+            "Advanced (empty: the model's own value, read from its metadata): the context "
+            "window, the least overlap of windows (a quarter window), the blending width, the "
+            "patches per forward pass, the branches used, and coarse-to-fine refinement: with "
+            "'confidence' the local branch skips patches where the global branch is at least "
+            "as confident as the threshold. Scenes whose resolution differs from the model's "
+            "are resampled to it unless told not to.\n\n"
+            "Runs in the GLNet engine's own Python environment (see the GLNET_PYTHON setting), "
+            "never inside QGIS; cancelling stops it and leaves no output."
+        )
+
+    def initAlgorithm(self, config=None):
+        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Input raster")))
+        self.addParameter(QgsProcessingParameterBand(
+            self.BANDS, self.tr("Bands, in the model's order (empty: all)"),
+            parentLayerParameterName=self.INPUT, optional=True, allowMultiple=True))
+        self.addParameter(QgsProcessingParameterFile(
+            self.MODEL, self.tr("GLNet model file"), QgsProcessingParameterFile.File,
+            fileFilter=MODEL_FILTER))
+        self.addParameter(QgsProcessingParameterExtent(
+            self.EXTENT, self.tr("Extent (empty: the whole raster)"), optional=True))
+        self.addParameter(QgsProcessingParameterFeatureSource(
+            self.AOI, self.tr("Area of interest (pixels outside are nodata)"),
+            [QgsProcessing.TypeVectorPolygon], optional=True))
+        self.addParameter(QgsProcessingParameterEnum(
+            self.DEVICE, self.tr("Device"), options=list(DEVICES), defaultValue=0))
+
+        self.addParameter(advanced(QgsProcessingParameterNumber(
+            self.WINDOW, self.tr("Context window in pixels (empty: the model's)"),
+            QgsProcessingParameterNumber.Integer, optional=True, minValue=1)))
+        self.addParameter(advanced(QgsProcessingParameterNumber(
+            self.OVERLAP, self.tr("Least overlap of windows in pixels (empty: a quarter window)"),
+            QgsProcessingParameterNumber.Integer, optional=True, minValue=0)))
+        self.addParameter(advanced(QgsProcessingParameterNumber(
+            self.BLEND, self.tr("Blending width between windows in pixels"),
+            QgsProcessingParameterNumber.Integer, defaultValue=128, minValue=1)))
+        self.addParameter(advanced(QgsProcessingParameterNumber(
+            self.BATCH, self.tr("Patches per forward pass (batch)"),
+            QgsProcessingParameterNumber.Integer, defaultValue=6, minValue=1)))
+        self.addParameter(advanced(QgsProcessingParameterEnum(
+            self.MODE, self.tr("Branches"),
+            options=[self.tr("the fullest the model supports"), self.tr("1: global only"),
+                     self.tr("2: global to local"), self.tr("3: also local to global")],
+            defaultValue=0)))
+        self.addParameter(advanced(QgsProcessingParameterEnum(
+            self.REFINE, self.tr("Coarse to fine: patches refined by the local branch"),
+            options=[self.tr("all"), self.tr("confidence: where the global branch is unsure"),
+                     self.tr("bbox: around non-background classes"),
+                     self.tr("bbox and confidence")],
+            defaultValue=0)))
+        self.addParameter(advanced(QgsProcessingParameterNumber(
+            self.REFINE_THRESHOLD, self.tr("Coarse-to-fine confidence threshold"),
+            QgsProcessingParameterNumber.Double, defaultValue=0.9, minValue=0.0, maxValue=1.0)))
+        self.addParameter(advanced(QgsProcessingParameterNumber(
+            self.THREADS, self.tr("CPU threads (empty: all)"), QgsProcessingParameterNumber.Integer,
+            optional=True, minValue=1)))
+        self.addParameter(advanced(QgsProcessingParameterBoolean(
+            self.RESAMPLE, self.tr("Resample to the model's resolution when it differs"),
+            defaultValue=True)))
+        self.addParameter(advanced(QgsProcessingParameterBoolean(
+            self.OVERVIEWS, self.tr("Build overviews"), defaultValue=True)))
+        self.addParameter(advanced(QgsProcessingParameterEnum(
+            self.PROBABILITY_KIND, self.tr("Probabilities"),
+            options=[self.tr("one band per class"), self.tr("the winning class's only")],
+            defaultValue=0)))
+
+        self.addParameter(QgsProcessingParameterRasterDestination(
+            self.OUTPUT, self.tr("Land-cover mask")))
+        self.addParameter(QgsProcessingParameterRasterDestination(
+            self.PROBABILITIES, self.tr("Class probabilities (percent)"), optional=True,
+            createByDefault=False))
+        self.addParameter(QgsProcessingParameterVectorDestination(
+            self.POLYGONS, self.tr("Land-cover polygons"), QgsProcessing.TypeVectorPolygon,
+            optional=True, createByDefault=False))
+
+    def processAlgorithm(self, parameters, context, feedback):
+        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
+        scene = self.raster_file(layer, "input raster")
+        model = os.path.abspath(self.parameterAsFile(parameters, self.MODEL, context))
+        output = self.raster_output(parameters, self.OUTPUT, context)
+        probabilities = self.raster_output(parameters, self.PROBABILITIES, context)
+        polygons = self.vector_output(parameters, self.POLYGONS, context)
+        if output is None:
+            raise QgsProcessingException("no output mask given")
+
+        meta = self.model_metadata(model, feedback)
+        if meta is not None:
+            net = meta.net
+            feedback.pushInfo(
+                f"Model: {len(meta.classes)} classes ({', '.join(meta.class_names)}); bands "
+                f"{', '.join(meta.bands)}; window {net.window_size} px, patch {net.patch_size} px, "
+                f"global {net.global_size} px; stages {', '.join(map(str, meta.stages)) or 'none'}")
+
+        args = [scene, "-m", model, "-o", output]
+        if probabilities:
+            args += ["--probabilities", probabilities, "--probability-kind",
+                     PROBABILITY_KINDS[self.parameterAsEnum(parameters, self.PROBABILITY_KIND,
+                                                            context)]]
+        if polygons:
+            args += ["--polygons", polygons]
+        bands = self.parameterAsInts(parameters, self.BANDS, context)
+        if bands:
+            args.append(f"--bands={join(bands)}")
+        if parameters.get(self.EXTENT) not in (None, ""):
+            extent = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
+            if not extent.isNull() and not extent.isEmpty():
+                # "=" keeps argparse from reading a negative xmin as an option.
+                args.append("--extent=" + join(repr(v) for v in (
+                    extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum())))
+        if parameters.get(self.AOI) not in (None, ""):
+            aoi, aoi_layer = self.parameterAsCompatibleSourceLayerPathAndLayerName(
+                parameters, self.AOI, context, list(VECTOR_EXTENSIONS), "gpkg", feedback)
+            if aoi:
+                args += ["--aoi", aoi]
+                if aoi_layer:
+                    args += ["--aoi-layer", aoi_layer]
+        args += ["--device", DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)]]
+        for key, flag in ((self.WINDOW, "--window"), (self.OVERLAP, "--overlap"),
+                          (self.THREADS, "--threads")):
+            if parameters.get(key) not in (None, ""):
+                args += [flag, str(self.parameterAsInt(parameters, key, context))]
+        args += ["--blend", str(self.parameterAsInt(parameters, self.BLEND, context)),
+                 "--batch", str(self.parameterAsInt(parameters, self.BATCH, context))]
+        mode = MODES[self.parameterAsEnum(parameters, self.MODE, context)]
+        if mode is not None:
+            args += ["--mode", str(mode)]
+        args += ["--refine", REFINE[self.parameterAsEnum(parameters, self.REFINE, context)],
+                 "--refine-threshold",
+                 repr(self.parameterAsDouble(parameters, self.REFINE_THRESHOLD, context))]
+        if not self.parameterAsBoolean(parameters, self.RESAMPLE, context):
+            args.append("--no-resample")
+        if not self.parameterAsBoolean(parameters, self.OVERVIEWS, context):
+            args.append("--no-overviews")
+        args += self.overwrite_flag(output, probabilities, polygons)
+
+        self.run_engine("segment", args, feedback, outputs=[output, probabilities, polygons])
+
+        classes = styles.mask_classes(output) or (styles.model_classes(meta) if meta else [])
+        styles.style_on_load(context, output, classes)
+        styles.style_on_load(context, polygons, classes)
+        results = {self.OUTPUT: output}
+        if probabilities:
+            results[self.PROBABILITIES] = probabilities
+        if polygons:
+            results[self.POLYGONS] = polygons
+        return results

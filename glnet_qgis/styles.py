@@ -1,0 +1,133 @@
+"""Class colours and names on the layers the algorithms load in QGIS.
+
+When an algorithm runs from the GUI (dialog, batch, model with loading on),
+QGIS loads its outputs once it finishes; a layer post-processor then gives
+a land-cover mask a paletted renderer and a polygon layer a categorised
+renderer on ``class_id``, both with the class colours and names. The classes
+come from the mask's ``GLNET_CLASSES`` tag (read with GDAL, which QGIS has) or
+from the model file. Under ``qgis_process`` nothing is loaded and nothing here
+runs.
+"""
+
+import json
+import os
+
+from qgis.core import (
+    QgsCategorizedSymbolRenderer,
+    QgsPalettedRasterRenderer,
+    QgsProcessingLayerPostProcessorInterface,
+    QgsRasterLayer,
+    QgsRendererCategory,
+    QgsSymbol,
+    QgsVectorLayer,
+    QgsWkbTypes,
+)
+from qgis.PyQt.QtGui import QColor
+
+CLASSES_TAG = "GLNET_CLASSES"
+NODATA = 255
+# Set on a layer styled here (the number of classes), for tests and other tools.
+STYLED_PROPERTY = "glnet/styled_classes"
+# QGIS holds post-processors by pointer only: keep the Python objects alive.
+_KEEP = []
+_KEEP_MAX = 256
+
+
+def mask_classes(path):
+    """``[(value, name, (r, g, b)), ...]`` from a mask's GLNET_CLASSES tag or colour table."""
+    try:
+        from osgeo import gdal
+    except ImportError:
+        return []
+    ds = gdal.OpenEx(path, gdal.OF_RASTER | gdal.OF_READONLY)
+    if ds is None:
+        return []
+    try:
+        text = ds.GetMetadataItem(CLASSES_TAG)
+        if text:
+            try:
+                return [(int(c["value"]), str(c["name"]), tuple(int(v) for v in c["color"][:3]))
+                        for c in json.loads(text)]
+            except (ValueError, KeyError, TypeError):
+                pass
+        band = ds.GetRasterBand(1)
+        table = band.GetColorTable() if band is not None else None
+        if table is None:
+            return []
+        return [(i, f"class {i}", tuple(table.GetColorEntry(i)[:3]))
+                for i in range(min(table.GetCount(), NODATA))
+                if table.GetColorEntry(i)[3] > 0]
+    finally:
+        ds = None
+
+
+def model_classes(meta):
+    """The same list from a model's metadata."""
+    return [(c.value, c.name, tuple(c.color)) for c in meta.classes]
+
+
+def paletted_renderer(layer, classes):
+    entries = [QgsPalettedRasterRenderer.Class(value, QColor(*rgb), name)
+               for value, name, rgb in classes]
+    return QgsPalettedRasterRenderer(layer.dataProvider(), 1, entries)
+
+
+def categorized_renderer(layer, classes, field="class_id"):
+    categories = []
+    for value, name, rgb in classes:
+        symbol = QgsSymbol.defaultSymbol(layer.geometryType())
+        symbol.setColor(QColor(*rgb))
+        if layer.geometryType() == QgsWkbTypes.PolygonGeometry:
+            fill = symbol.symbolLayer(0)
+            fill.setStrokeColor(QColor(*rgb).darker(150))
+            fill.setStrokeWidth(0.1)
+        categories.append(QgsRendererCategory(value, symbol, name))
+    return QgsCategorizedSymbolRenderer(field, categories)
+
+
+class ClassStyler(QgsProcessingLayerPostProcessorInterface):
+    """Applies the class renderer to the loaded layer (and gives it a name)."""
+
+    def __init__(self, classes, name=None):
+        super().__init__()
+        self.classes = list(classes)
+        self.name = name
+
+    def postProcessLayer(self, layer, context, feedback):
+        if not self.classes:
+            return
+        if isinstance(layer, QgsRasterLayer) and layer.bandCount() == 1:
+            layer.setRenderer(paletted_renderer(layer, self.classes))
+        elif isinstance(layer, QgsVectorLayer) and layer.fields().indexOf("class_id") >= 0:
+            layer.setRenderer(categorized_renderer(layer, self.classes))
+        else:
+            return
+        if self.name:
+            layer.setName(self.name)
+        layer.setCustomProperty(STYLED_PROPERTY, len(self.classes))
+        layer.triggerRepaint()
+
+
+def style_on_load(context, path, classes, name=None):
+    """Style ``path``'s layer with ``classes`` if QGIS loads it when the algorithm finishes."""
+    if not path or not classes:
+        return False
+    key = _load_key(context, path)
+    if key is None:
+        return False
+    styler = ClassStyler(classes, name)
+    _KEEP.append(styler)
+    del _KEEP[:-_KEEP_MAX]
+    context.layerToLoadOnCompletionDetails(key).setPostProcessor(styler)
+    return True
+
+
+def _load_key(context, path):
+    """The key under which QGIS will load ``path`` (it may be relative or carry options)."""
+    if context.willLoadLayerOnCompletion(path):
+        return path
+    target = os.path.abspath(path)
+    for key in context.layersToLoadOnCompletion():
+        if os.path.abspath(key.split("|")[0]) == target:
+            return key
+    return None

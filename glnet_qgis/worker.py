@@ -1,0 +1,524 @@
+"""The GLNet engine in a worker process: finding its Python, running its CLI.
+
+torch and rasterio never load inside QGIS: every algorithm that runs the
+network runs ``python -m glnet.cli --progress json COMMAND ...`` in a Python
+environment where the engine (the ``glnet-qgis`` distribution) is installed,
+and follows it:
+
+* stderr carries JSON lines, ``{"progress": 0.42}`` (a fraction) and
+  ``{"message": "..."}``, which drive ``feedback.setProgress`` and the log;
+  any other stderr line is logged as console output;
+* a failed run ends with ``glnet COMMAND: error: <one line>`` on stderr and
+  exit code 1 (2 for usage errors): that line becomes the error message;
+* cancelling sends SIGTERM; the engine unwinds, removes its temporary files
+  and exits with 130. A worker still alive after ``TERMINATE_GRACE`` seconds
+  is killed, and the temporary files it left beside the outputs removed.
+
+The Python is found, in this order (the first that imports ``glnet.cli``):
+
+1. the Processing setting "Python with the GLNet engine" (Settings > Options >
+   Processing > Providers > GLNet; QgsSettings key
+   ``Processing/Configuration/GLNET_PYTHON``), or else the environment
+   variable ``GLNET_PYTHON``: when either is set, only that one is tried;
+2. ``<plugin folder>/../.venv`` (a source checkout on QGIS_PLUGINPATH);
+3. ``~/.local/share/glnet-qgis/venv``, where the install message puts it;
+4. the interpreter of a ``glnet`` command on PATH (read from its first lines).
+
+This module needs only the standard library (QGIS is imported lazily, for the
+setting), so it can be tested without QGIS.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+ENV_VAR = "GLNET_PYTHON"
+SETTING = "GLNET_PYTHON"
+SETTINGS_KEY = f"Processing/Configuration/{SETTING}"
+PLUGIN_DIR = os.path.dirname(os.path.abspath(__file__))
+DISTRIBUTION = "glnet-qgis"
+USER_VENV = os.path.join("~", ".local", "share", "glnet-qgis", "venv")
+CHECK_TIMEOUT = 60
+TERMINATE_GRACE = 5.0
+POLL_SECONDS = 0.1
+CANCELLED_EXIT = 130
+
+_checked: dict[str, tuple[bool, str]] = {}
+_found: list[str] = []
+
+
+class EngineNotFound(Exception):
+    """No Python with the engine; the message says what to install and how."""
+
+
+class EngineError(Exception):
+    """The engine failed; the message is its one-line error."""
+
+
+class EngineCancelled(Exception):
+    """The run was cancelled and the worker stopped."""
+
+
+# --------------------------------------------------------------------------- discovery
+
+def _venv_python(venv: str) -> str:
+    if os.name == "nt":
+        return os.path.join(venv, "Scripts", "python.exe")
+    return os.path.join(venv, "bin", "python")
+
+
+def setting_value() -> str:
+    """The Processing setting with the engine's Python ("" when unset or outside QGIS)."""
+    try:
+        from qgis.core import QgsSettings
+    except ImportError:
+        return ""
+    value = QgsSettings().value(SETTINGS_KEY, "")
+    return str(value or "").strip()
+
+
+def script_interpreter(script: str) -> str | None:
+    """The Python that a console script (such as pip's ``glnet``) runs with, from its first lines."""
+    try:
+        with open(script, "rb") as f:
+            head = f.read(1024).decode("utf-8", "replace").splitlines()
+    except OSError:
+        return None
+    if not head or not head[0].startswith("#!"):
+        return None
+    first = head[0][2:].strip()
+    # pip writes "#!/bin/sh" and an exec line when the interpreter path is too
+    # long or has spaces: '''exec' "/path/to/python" "$0" "$@"
+    if os.path.basename(first.split()[0]) in ("sh", "bash") and len(head) > 1:
+        m = re.match(r"""^'''exec' (?:"([^"]+)"|(\S+))""", head[1])
+        return (m[1] or m[2]) if m else None
+    words = shlex.split(first)
+    if not words:
+        return None
+    if os.path.basename(words[0]) == "env" and len(words) > 1:
+        return shutil.which(words[1])
+    return words[0]
+
+
+def candidates() -> tuple[str | None, list[tuple[str, str]]]:
+    """``(explicit origin or None, [(python, where it comes from), ...])``."""
+    setting = setting_value()
+    if setting:
+        return "the Processing setting GLNET_PYTHON", [(setting, "Processing setting")]
+    env = os.environ.get(ENV_VAR, "").strip()
+    if env:
+        return f"the environment variable {ENV_VAR}", [(env, ENV_VAR)]
+    found = [
+        (_venv_python(os.path.join(os.path.dirname(PLUGIN_DIR), ".venv")), "source checkout"),
+        (_venv_python(os.path.expanduser(USER_VENV)), "user environment"),
+    ]
+    script = shutil.which("glnet")
+    if script:
+        python = script_interpreter(script)
+        if python:
+            found.append((python, f"interpreter of {script}"))
+    return None, found
+
+
+def check_python(python: str) -> tuple[bool, str]:
+    """Whether ``python`` runs and imports ``glnet.cli`` (a success is cached per process)."""
+    if python in _checked:
+        return _checked[python]
+    if not os.path.isfile(python):
+        result = (False, "not found")
+    elif not os.access(python, os.X_OK):
+        result = (False, "not executable")
+    else:
+        try:
+            proc = subprocess.run(
+                [python, "-c", "import glnet.cli, sys; print(glnet.__version__); "
+                               "print(sys.version.split()[0])"],
+                stdin=subprocess.DEVNULL, capture_output=True, text=True, env=worker_env(),
+                timeout=CHECK_TIMEOUT, **_popen_flags())
+        except (OSError, subprocess.SubprocessError) as exc:
+            result = (False, f"does not run ({exc})")
+        else:
+            if proc.returncode == 0:
+                version, _, py = proc.stdout.strip().partition("\n")
+                result = (True, f"glnet {version} on Python {py}")
+            else:
+                lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+                result = (False, lines[-1] if lines else f"exit code {proc.returncode}")
+    if result[0]:  # failures are checked again: the engine may have been installed since
+        _checked[python] = result
+    return result
+
+
+def install_message(explicit: str | None, tried: list[tuple[str, str, str]]) -> str:
+    venv = USER_VENV.replace("~", "$HOME", 1) if os.name != "nt" else os.path.expanduser(USER_VENV)
+    python = _venv_python(venv)
+    lines = ["The GLNet engine was not found."]
+    if explicit:
+        path, _, why = tried[0]
+        lines.append(f"{explicit} names {path}, which cannot import glnet ({why}). "
+                     f"Install the engine into it with:  {path} -m pip install {DISTRIBUTION}  "
+                     f"or point {ENV_VAR} at a Python that has it.")
+    else:
+        lines.append("Install it in a Python environment of its own (3.10 or later), with torch, "
+                     f"where the plugin looks for it:  python3 -m venv {venv} && "
+                     f"{python} -m pip install {DISTRIBUTION}  "
+                     f"(from a source checkout: {python} -m pip install /path/to/glnet-qgis). "
+                     f"Or set {ENV_VAR} (environment, or Settings > Options > Processing > "
+                     "Providers > GLNet) to a Python that has it.")
+        if tried:
+            lines.append("Tried: " + "; ".join(f"{p} ({origin}: {why})" for p, origin, why in tried))
+    return "\n".join(lines)
+
+
+def find_python() -> str:
+    """The Python with the engine; raises EngineNotFound with what to install."""
+    explicit, found = candidates()
+    if not explicit and _found and _found[0] in [p for p, _ in found]:
+        return _found[0]
+    tried = []
+    for python, origin in found:
+        ok, why = check_python(python)
+        if ok:
+            if not explicit:
+                _found[:] = [python]
+            return python
+        tried.append((python, origin, why))
+    raise EngineNotFound(install_message(explicit, tried))
+
+
+def forget() -> None:
+    """Forget which Pythons were checked (after the setting changed)."""
+    _checked.clear()
+    _found.clear()
+
+
+# --------------------------------------------------------------------------- running
+
+# Set by QGIS installers (OSGeo4W, the macOS bundle) for QGIS's own Python, GDAL and
+# PROJ; another environment's rasterio and pyproj find their own data when unset,
+# while QGIS's (another PROJ's proj.db, another GDAL's plugins) can break them.
+_QGIS_ONLY = ("PYTHONHOME", "PYTHONPATH", "PYTHONSTARTUP", "PYTHONEXECUTABLE", "VIRTUAL_ENV",
+              "__PYVENV_LAUNCHER__", "GDAL_DRIVER_PATH", "GDAL_DATA", "PROJ_LIB", "PROJ_DATA")
+
+
+def worker_env() -> dict[str, str]:
+    """QGIS's environment without what belongs to QGIS's own Python, GDAL and PROJ."""
+    env = dict(os.environ)
+    for name in _QGIS_ONLY:
+        env.pop(name, None)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONIOENCODING"] = "utf-8"
+    return env
+
+
+def _popen_flags() -> dict:
+    if os.name == "nt":
+        return {"creationflags": getattr(subprocess, "CREATE_NO_WINDOW", 0)}
+    return {}
+
+
+def command_line(python: str, command: str, args: list[str]) -> list[str]:
+    return [python, "-m", "glnet.cli", "--progress", "json", command, *[str(a) for a in args]]
+
+
+def _pump(stream, tag: str, sink: queue.Queue) -> None:
+    try:
+        for line in iter(stream.readline, ""):
+            sink.put((tag, line.rstrip("\r\n")))
+    except (OSError, ValueError):
+        pass
+    finally:
+        sink.put((tag, None))
+
+
+class _Log:
+    """Routes the worker's lines to a Processing feedback (or to nothing)."""
+
+    def __init__(self, feedback):
+        self.feedback = feedback
+
+    def call(self, name: str, *args) -> None:
+        if self.feedback is None:
+            return
+        method = getattr(self.feedback, name, None) or getattr(self.feedback, "pushInfo", None)
+        if method is not None:
+            method(*args)
+
+    def progress(self, fraction: float) -> None:
+        self.call("setProgress", max(0.0, min(100.0, 100.0 * float(fraction))))
+
+    def info(self, text: str) -> None:
+        self.call("pushInfo", text)
+
+    def console(self, text: str) -> None:
+        self.call("pushConsoleInfo", text)
+
+    def warning(self, text: str) -> None:
+        self.call("pushWarning", text)
+
+    def command(self, text: str) -> None:
+        self.call("pushCommandInfo", text)
+
+    def cancelled(self) -> bool:
+        return bool(self.feedback is not None and self.feedback.isCanceled())
+
+
+def _stderr_line(log: _Log, line: str, errors: list[str]) -> None:
+    text = line.strip()
+    if not text:
+        return
+    if text.startswith("{"):
+        try:
+            event = json.loads(text)
+        except ValueError:
+            event = None
+        if isinstance(event, dict):
+            if "message" in event:
+                log.info(str(event["message"]))
+            if "progress" in event:
+                try:
+                    log.progress(float(event["progress"]))
+                except (TypeError, ValueError):
+                    pass
+            return
+    errors.append(text)
+    if re.match(r"^(warning|.*\bwarning:)", text, re.IGNORECASE):
+        log.warning(text)
+    else:
+        log.console(text)
+
+
+def error_message(command: str, returncode: int, stderr_lines: list[str]) -> str:
+    """The one-line message of a failed run."""
+    prefix = f"glnet {command}: "
+    for line in reversed(stderr_lines):
+        if line.startswith(prefix + "error: "):
+            return line[len(prefix + "error: "):]
+        if line.startswith(prefix):
+            return line[len(prefix):]
+    for line in reversed(stderr_lines):
+        if line.startswith(("glnet: error: ", "usage: ")):
+            continue
+        if "error:" in line:
+            return line.split("error:", 1)[1].strip()
+    if returncode < 0:
+        name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else ""
+        hint = " (out of memory?)" if name == "SIGKILL" else ""
+        return f"the GLNet engine was stopped by signal {-returncode} {name}{hint}".strip()
+    tail = " | ".join(stderr_lines[-3:])
+    return f"the GLNet engine failed with exit code {returncode}" + (f": {tail}" if tail else "")
+
+
+def _partial_pattern(name: str):
+    """The engine's temporary names beside an output ``name`` (see glnet.files and glnet.masks).
+
+    ``.NAME.<8 random>.part``, ``.NAME.<8>.<tag>.tif`` (with GDAL's sidecars),
+    ``.NAME.<8>.work`` folders, and the same for sidecars ``.STEM.qml``, ``.STEM.ckpt``.
+    """
+    stem = os.path.splitext(name)[0]
+    return re.compile(
+        rf"^\.(?:{re.escape(name)}(?:\.ckpt)?|{re.escape(stem)}\.\w+)\.[a-z0-9_]{{8}}"
+        r"\.(?:part|work|\w+\.tif)(?:\.(?:ovr|aux\.xml|msk|tmp))*$")
+
+
+def remove_partial_outputs(outputs) -> list[str]:
+    """Remove the temporary files a killed worker left beside ``outputs``."""
+    removed = []
+    for out in outputs:
+        if not out:
+            continue
+        folder, name = os.path.split(os.path.abspath(str(out)))
+        pattern = _partial_pattern(name)
+        try:
+            entries = os.listdir(folder)
+        except OSError:
+            continue
+        for entry in entries:
+            if not pattern.match(entry):
+                continue
+            path = os.path.join(folder, entry)
+            try:
+                if os.path.isdir(path):
+                    shutil.rmtree(path)
+                else:
+                    os.remove(path)
+                removed.append(path)
+            except OSError:
+                pass
+    return removed
+
+
+class Result:
+    """A finished run: its exit code, its stdout lines and the command line."""
+
+    def __init__(self, argv, returncode, stdout_lines, stderr_lines):
+        self.argv = argv
+        self.returncode = returncode
+        self.stdout_lines = stdout_lines
+        self.stderr_lines = stderr_lines
+
+    @property
+    def stdout(self) -> str:
+        return "\n".join(self.stdout_lines)
+
+
+def run_engine(command: str, args: list[str], feedback=None, outputs=(), python: str | None = None,
+               echo_stdout: bool = True) -> Result:
+    """Run ``glnet COMMAND ARGS`` in the worker and follow it.
+
+    Progress and messages go to ``feedback`` (a QgsProcessingFeedback or None);
+    ``feedback.isCanceled()`` is checked every POLL_SECONDS. Raises
+    EngineNotFound, EngineError (the engine's one-line message) or
+    EngineCancelled. ``outputs`` are the paths the command writes: after a
+    worker had to be killed, its temporary files beside them are removed.
+    """
+    log = _Log(feedback)
+    pump_events = _main_thread_events()
+    python = python or find_python()
+    argv = command_line(python, command, args)
+    log.command(shlex.join(argv) if hasattr(shlex, "join") else " ".join(argv))
+    try:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=worker_env(), text=True, encoding="utf-8", errors="replace", bufsize=1,
+            **_popen_flags())
+    except OSError as exc:
+        raise EngineError(f"cannot start the GLNet engine ({python}): {exc}") from None
+
+    lines: queue.Queue = queue.Queue()
+    pumps = [threading.Thread(target=_pump, args=(proc.stdout, "out", lines), daemon=True),
+             threading.Thread(target=_pump, args=(proc.stderr, "err", lines), daemon=True)]
+    for t in pumps:
+        t.start()
+    open_streams = {"out", "err"}
+    stdout_lines: list[str] = []
+    stderr_lines: list[str] = []
+    cancelled_at = None
+    killed = False
+    exited_at = None
+    try:
+        while True:
+            if pump_events is not None:
+                pump_events()
+            try:
+                tag, line = lines.get(timeout=POLL_SECONDS)
+            except queue.Empty:
+                tag, line = None, None
+            if tag is not None:
+                if line is None:
+                    open_streams.discard(tag)
+                elif tag == "out":
+                    stdout_lines.append(line)
+                    if echo_stdout and line.strip():
+                        log.info(line)
+                else:
+                    _stderr_line(log, line, stderr_lines)
+            if cancelled_at is None and log.cancelled():
+                cancelled_at = time.monotonic()
+                log.info("Cancelling: stopping the GLNet engine")
+                _terminate(proc)
+            if cancelled_at is not None and not killed and proc.poll() is None \
+                    and time.monotonic() - cancelled_at > TERMINATE_GRACE:
+                proc.kill()
+                killed = True
+            if proc.poll() is not None:
+                exited_at = exited_at or time.monotonic()
+                # The streams close with the process, unless a child of it holds them.
+                if not open_streams or time.monotonic() - exited_at > 2.0:
+                    break
+    finally:
+        if proc.poll() is None:  # an exception in this loop: never leave the worker behind
+            proc.kill()
+            killed = True
+        proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            try:
+                stream.close()
+            except OSError:
+                pass
+    while True:  # lines read after the loop ended
+        try:
+            tag, line = lines.get_nowait()
+        except queue.Empty:
+            break
+        if line is not None:
+            if tag == "out":
+                stdout_lines.append(line)
+            else:
+                _stderr_line(log, line, stderr_lines)
+
+    code = proc.returncode
+    if cancelled_at is not None and (code != 0 or killed):
+        # The engine removes its own temporary files on SIGTERM; this is for a killed one.
+        remove_partial_outputs(outputs)
+        raise EngineCancelled("cancelled; the GLNet engine stopped and wrote nothing")
+    if code != 0:
+        if code < 0 or killed:
+            remove_partial_outputs(outputs)
+        raise EngineError(error_message(command, code, stderr_lines))
+    return Result(argv, code, stdout_lines, stderr_lines)
+
+
+def _main_thread_events():
+    """``QCoreApplication.processEvents`` when running on QGIS's main thread, else None.
+
+    The dialog runs algorithms in a background task, but QGIS 3.22's batch
+    dialog runs its rows on the main thread and processes events only when the
+    progress changes; the engine can be silent for seconds (starting, loading
+    the model, finishing the COG). Processing events while waiting keeps the
+    window alive and its Cancel button working all along.
+    """
+    try:
+        from qgis.PyQt.QtCore import QCoreApplication, QThread
+    except ImportError:
+        return None
+    app = QCoreApplication.instance()
+    if app is None or QThread.currentThread() != app.thread():
+        return None
+    return QCoreApplication.processEvents
+
+
+def _terminate(proc) -> None:
+    try:
+        if os.name == "nt":
+            proc.terminate()
+        else:
+            proc.send_signal(signal.SIGTERM)
+    except OSError:
+        pass
+
+
+def last_json(lines: list[str]):
+    """The last stdout line that is a JSON object or array (``--json`` results)."""
+    text = "\n".join(lines).strip()
+    if text:
+        try:
+            return json.loads(text)
+        except ValueError:
+            pass
+    for line in reversed(lines):
+        line = line.strip()
+        if line.startswith(("{", "[")):
+            try:
+                return json.loads(line)
+            except ValueError:
+                continue
+    return None
+
+
+if __name__ == "__main__":  # pragma: no cover - a manual check: python worker.py
+    try:
+        print(find_python())
+    except EngineNotFound as exc:
+        print(exc, file=sys.stderr)
+        sys.exit(1)
