@@ -41,7 +41,7 @@ class NetConfig:
     in_channels: int = 3
     num_classes: int = 7
     fpn_channels: int = 64
-    smooth_channels: int = 32
+    smooth_channels: int = 16
     fuse_kernel: int = 1
     window_size: int = 1880
     global_size: int = 512
@@ -86,9 +86,16 @@ PRESETS: dict[str, NetConfig] = {
         window_size=2448, global_size=508, patch_size=508,
     ),
     # CPU default: ResNet-18 with a narrow decoder and a 1x1 fusion conv. The
-    # window is chosen so that 4 x 4 patches of 512 px tile it with just over
-    # the least overlap (56 px), which keeps the local branch's redundant work
-    # low (1.19x the window's pixels).
+    # top-down pathway and first smoothing convs keep 64 channels (c2's width);
+    # each level leaves the second smoothing conv with 16, so the last maps
+    # have 64 channels. Most of the local branch's cost beyond its backbone is
+    # moving those maps (concatenations with the global context, resizes, the
+    # fusion and 3x3 aggregation convs), which scales with this width: 32 per
+    # level made full GLNet (mode 3) 0.44x a plain ResNet-18 FPN on 2 CPU
+    # cores, 16 makes it about 0.55x (benchmarks/model_speed.py). The window is
+    # chosen so that 4 x 4 patches of 512 px tile it with just over the least
+    # overlap (56 px), which keeps the local branch's redundant work low (1.19x
+    # the window's pixels).
     "fast": NetConfig(),
 }
 
