@@ -91,8 +91,8 @@ PRESETS: dict[str, NetConfig] = {
     # have 64 channels. Most of the local branch's cost beyond its backbone is
     # moving those maps (concatenations with the global context, resizes, the
     # fusion and 3x3 aggregation convs), which scales with this width: 32 per
-    # level made full GLNet (mode 3) 0.44x a plain ResNet-18 FPN on 2 CPU
-    # cores, 16 makes it about 0.55x (benchmarks/model_speed.py). The window is
+    # level made full GLNet (mode 3) 0.49x a plain ResNet-18 FPN on 2 CPU
+    # cores, 16 makes it 0.56x (benchmarks/model_speed.py). The window is
     # chosen so that 4 x 4 patches of 512 px tile it with just over the least
     # overlap (56 px), which keeps the local branch's redundant work low (1.19x
     # the window's pixels).
