@@ -450,7 +450,7 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _import_official(args: argparse.Namespace) -> int:
-    from .modelfile import check_output_path, save_model
+    from .modelfile import save_model
     from .official import deepglobe_meta, load_checkpoint, model_from_official
 
     check_output_path(args.output, args.overwrite, inputs=[args.g, args.g2l, args.l2g])

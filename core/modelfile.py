@@ -19,7 +19,7 @@ from typing import Any
 
 from .config import NetConfig
 from .errors import ModelFileError
-from .files import atomic_output, check_output_path  # noqa: F401  (re-exported for the CLI)
+from .files import atomic_output
 
 FORMAT = "glnet-qgis"
 FORMAT_VERSION = 1
