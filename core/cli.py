@@ -142,11 +142,17 @@ def _parser() -> argparse.ArgumentParser:
                     "the class names, on the scene's grid (same CRS and transform; an --extent or "
                     "--aoi crops it on whole pixels). The scene is streamed window by window, so "
                     "memory does not grow with its size. MASK.qml beside the mask gives QGIS the "
-                    "legend.")
-    p.add_argument("scene", type=Path, metavar="SCENE", help="input raster")
+                    "legend. With several scenes, -o is a folder and each mask is "
+                    "OUT_DIR/<scene name>.tif; --scheduler runs them, and strips of large "
+                    "scenes, on a Dask cluster.")
+    p.add_argument("scenes", nargs="+", metavar="SCENE",
+                   help="input raster(s): paths, or GDAL virtual paths such as /vsicurl/URL")
     p.add_argument("-m", "--model", type=Path, required=True, help="model file")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="MASK.tif",
-                   help="mask to write (a COG)")
+                   help="mask to write (a COG), or an existing folder (OUT_DIR)")
+    p.add_argument("--scheduler", metavar="ADDRESS|local:N",
+                   help="run on Dask distributed: a scheduler address (tcp://host:8786) or "
+                        "local:N for a local cluster of N workers (needs glnet-qgis[distributed])")
     p.add_argument("--probabilities", type=Path, metavar="P.tif",
                    help="also write class probabilities in percent (a COG)")
     p.add_argument("--probability-kind", choices=("classes", "confidence"), default="classes",
@@ -365,19 +371,26 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _segment(args: argparse.Namespace) -> int:
-    from .segment import SegmentOptions, segment
+    from .segment import SegmentOptions, segment, source_path
 
     if args.extent is not None and len(args.extent) != 4:
         raise GlnetError("--extent needs four numbers: xmin,ymin,xmax,ymax")
+    scenes = [source_path(s) for s in args.scenes]
+    several = len(scenes) > 1 or args.scheduler is not None
+    if several:
+        from .distributed import output_paths
+
+        if len(scenes) > 1 and (args.polygons or args.probabilities):
+            raise GlnetError("--polygons and --probabilities take one scene at a time")
+        outputs = output_paths(scenes, args.output)
+    else:
+        outputs = [args.output]
     vectorize = None
     if args.polygons is not None:
-        try:
-            from .polygons import VectorizeOptions, vectorize
-        except ImportError:
-            raise GlnetError("--polygons is not available in this version yet "
-                             "(the glnet.polygons engine is missing)") from None
+        from .polygons import VectorizeOptions, vectorize
+
         check_output_path(args.polygons, args.overwrite,
-                          inputs=[args.scene, args.model, args.output])
+                          inputs=[*scenes, args.model, outputs[0]])
     options = SegmentOptions(
         bands=tuple(args.bands) if args.bands else None,
         extent=tuple(args.extent) if args.extent else None, aoi=args.aoi,
@@ -388,24 +401,37 @@ def _segment(args: argparse.Namespace) -> int:
         sub_batch=args.batch, overwrite=args.overwrite, overviews=not args.no_overviews)
     report = _progress(args, "segment")
     try:
-        result = segment(args.scene, args.model, args.output, options, progress=report)
+        if args.scheduler is not None:
+            from .distributed import connect, segment_scenes
+
+            with connect(args.scheduler, threads_per_worker=args.threads or 1) as client:
+                results = segment_scenes(scenes, args.model, outputs, options, client,
+                                         progress=report)
+        else:
+            results = []
+            for i, (scene, output) in enumerate(zip(scenes, outputs)):
+                def part(fraction, message=None, _i=i):
+                    report((_i + fraction) / len(scenes), *([message] if message else []))
+                results.append(segment(scene, args.model, output, options, progress=part))
     finally:
         if hasattr(report, "close"):
             report.close()
-    for text in result.warnings:
-        print(f"glnet segment: warning: {text}", file=sys.stderr)
-    total = max(result.valid_pixels, 1)
-    shares = ", ".join(f"{name} {100 * n / total:.1f}%" for name, n in result.class_pixels.items())
-    skipped = f", {result.skipped} without data skipped" if result.skipped else ""
-    print(f"wrote {args.output}: {result.width} x {result.height} px, {result.windows} "
-          f"window(s){skipped}, {result.seconds:.1f} s; {shares}")
+    for result in results:
+        for text in result.warnings:
+            print(f"glnet segment: warning: {text}", file=sys.stderr)
+        total = max(result.valid_pixels, 1)
+        shares = ", ".join(f"{name} {100 * n / total:.1f}%"
+                           for name, n in result.class_pixels.items())
+        skipped = f", {result.skipped} without data skipped" if result.skipped else ""
+        print(f"wrote {result.output}: {result.width} x {result.height} px, {result.windows} "
+              f"window(s){skipped}, {result.seconds:.1f} s; {shares}")
     if args.probabilities is not None:
         kind = "per-class probabilities" if args.probability_kind == "classes" else "confidence"
         print(f"wrote {args.probabilities}: {kind} in percent")
     if vectorize is not None:
         from .polygons import summary
 
-        print(summary(vectorize(args.output, args.polygons,
+        print(summary(vectorize(outputs[0], args.polygons,
                                 VectorizeOptions(overwrite=args.overwrite))))
     return 0
 

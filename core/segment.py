@@ -46,7 +46,7 @@ import numpy as np
 from .errors import Cancelled, GlnetError
 from .files import atomic_output, check_output_path
 from .modelfile import ModelMeta, read_metadata
-from .windows import Region, WindowGrid, WindowReader
+from .windows import Region, Strip, WindowGrid, WindowReader
 
 # ``progress(fraction, message=None)``: the project's convention (``glnet.progress``).
 ProgressFn = Callable[..., None]
@@ -217,21 +217,37 @@ class _Plan:
     warnings: list[str]
 
 
-def _open_scene(scene: Path):
+def source_path(scene: str | Path) -> str | Path:
+    """``scene`` as a ``Path``, or as the string it is for GDAL's virtual file systems.
+
+    ``/vsicurl/https://...`` and ``/vsizip//abs/path.zip/x.tif`` hold double
+    slashes that ``Path`` would collapse.
+    """
+    text = os.fspath(scene)
+    return text if text.startswith("/vsi") else Path(text)
+
+
+def _name(scene: str | Path) -> str:
+    return os.path.basename(os.fspath(scene))
+
+
+def _open_scene(scene: str | Path):
     import rasterio
     from rasterio.errors import RasterioIOError
 
-    if not scene.exists():
-        raise GlnetError(f"{scene}: input not found")
-    if scene.is_dir():
-        raise GlnetError(f"{scene}: is a folder, not a raster")
+    if isinstance(scene, Path):
+        if not scene.exists():
+            raise GlnetError(f"{scene}: input not found")
+        if scene.is_dir():
+            raise GlnetError(f"{scene}: is a folder, not a raster")
     try:
         return rasterio.open(scene)
     except RasterioIOError as exc:
         raise GlnetError(f"{scene}: not a raster GDAL can read ({exc})") from None
 
 
-def _select_bands(src, requested: tuple[int, ...] | None, meta: ModelMeta, scene: Path) -> list[int]:
+def _select_bands(src, requested: tuple[int, ...] | None, meta: ModelMeta,
+                  scene: str | Path) -> list[int]:
     from rasterio.enums import ColorInterp
 
     n = meta.net.in_channels
@@ -320,7 +336,7 @@ def _read_aoi(path: Path, layer: str | None, scene_crs, warnings: list[str]) -> 
     return [g.buffer(0) if not g.is_valid else g for g in geoms]
 
 
-def _plan(src, scene: Path, meta: ModelMeta, opts: SegmentOptions) -> _Plan:
+def _plan(src, scene: str | Path, meta: ModelMeta, opts: SegmentOptions) -> _Plan:
     from affine import Affine
 
     warnings: list[str] = []
@@ -328,7 +344,7 @@ def _plan(src, scene: Path, meta: ModelMeta, opts: SegmentOptions) -> _Plan:
     t = src.transform
     rotated = abs(t.b) > 1e-12 or abs(t.d) > 1e-12
     if src.crs is None and t == Affine.identity():
-        warnings.append(f"{scene.name} is not georeferenced; the mask will not be either")
+        warnings.append(f"{_name(scene)} is not georeferenced; the mask will not be either")
     dtypes = {src.dtypes[b - 1] for b in bands}
     if meta.dtype not in dtypes:
         warnings.append(f"the model was trained on {meta.dtype} rasters, the scene is "
@@ -339,7 +355,7 @@ def _plan(src, scene: Path, meta: ModelMeta, opts: SegmentOptions) -> _Plan:
         region = _intersect(region, _pixel_bounds(t, *opts.extent))
         if region is None:
             raise GlnetError(f"extent {','.join(f'{v:g}' for v in opts.extent)} does not "
-                             f"overlap the scene {scene.name}")
+                             f"overlap the scene {_name(scene)}")
     aoi = None
     if opts.aoi is not None:
         aoi = _read_aoi(Path(opts.aoi), opts.aoi_layer, src.crs, warnings)
@@ -347,7 +363,7 @@ def _plan(src, scene: Path, meta: ModelMeta, opts: SegmentOptions) -> _Plan:
         region = _intersect(region, _pixel_bounds(t, min(xs0), min(ys0), max(xs1), max(ys1)))
         if region is None:
             raise GlnetError(f"the areas of interest in {opts.aoi} do not overlap the "
-                             + ("extent" if opts.extent else f"scene {scene.name}"))
+                             + ("extent" if opts.extent else f"scene {_name(scene)}"))
     out_transform = t @ Affine.translation(region.col_off, region.row_off)
 
     factor = None
@@ -357,7 +373,7 @@ def _plan(src, scene: Path, meta: ModelMeta, opts: SegmentOptions) -> _Plan:
         if max(abs(fx - 1), abs(fy - 1)) > opts.resolution_tolerance:
             if rotated:
                 raise GlnetError(
-                    f"{scene.name} has a rotated or sheared geotransform and a resolution of "
+                    f"{_name(scene)} has a rotated or sheared geotransform and a resolution of "
                     f"{ground[0]:.3g} m, the model {meta.resolution:g} m: resample the scene to a "
                     f"north-up grid first (gdalwarp -tr), or turn resampling off")
             factor = (fx, fy)
@@ -416,6 +432,100 @@ def _aoi_functions(plan: _Plan):
     return mask, skip
 
 
+@dataclass(frozen=True)
+class SegmentJob:
+    """One scene's run, planned without the model: what a strip needs besides the network.
+
+    Plain data (it pickles), so that strips can run on other processes
+    (``glnet.distributed``).
+    """
+
+    scene: str | Path              # a string for GDAL's /vsi... paths
+    output: Path
+    probabilities: Path | None
+    meta: ModelMeta
+    opts: SegmentOptions
+    plan: _Plan
+    crs: object
+    grid: WindowGrid
+    mode: int | None               # None: the fullest the model supports
+    work_region: Region
+    source_kwargs: dict | None     # a WarpedVRT onto the work grid, or None
+
+    @property
+    def resampled(self) -> bool:
+        return self.plan.resample is not None
+
+
+@dataclass
+class StripResult:
+    """What segmenting one strip (``run_strip``) produced; summed over strips."""
+
+    strip: Strip
+    counts: np.ndarray
+    windows: int = 0
+    skipped: int = 0
+    patches: int = 0
+    refined: int = 0
+    model_seconds: float = 0.0
+    peak_blend_bytes: int = 0
+
+
+def plan_job(scene: str | Path, meta: ModelMeta, output: str | Path,
+             options: SegmentOptions | None = None, model_path: Path | None = None) -> SegmentJob:
+    """Check the inputs and outputs and plan the windows; no model is loaded.
+
+    Raises ``GlnetError`` naming the file and the problem for every input
+    the run would fail on, before any work is done.
+    """
+    import rasterio
+
+    from .refinement import RefinePolicy
+
+    opts = options or SegmentOptions()
+    scene, output = source_path(scene), Path(output)
+    inputs = [scene if isinstance(scene, Path) else None, model_path, Path(opts.aoi) if opts.aoi else None]
+    check_output_path(output, opts.overwrite, inputs)
+    prob_path = Path(opts.probabilities) if opts.probabilities is not None else None
+    if prob_path is not None:
+        if prob_path.resolve() == output.resolve():
+            raise GlnetError(f"{prob_path}: the probability raster needs another path than the mask")
+        check_output_path(prob_path, opts.overwrite, inputs)
+    if isinstance(scene, Path) and output.resolve() == scene.resolve():
+        raise GlnetError(f"{output}: output would overwrite the input")
+
+    with rasterio.Env(GDAL_CACHEMAX=opts.cache_mb * 2**20, GDAL_PAM_ENABLED="NO"):
+        with _open_scene(scene) as src:
+            plan = _plan(src, scene, meta, opts)
+            crs = src.crs
+
+    policy = RefinePolicy(opts.refine, opts.confidence, tuple(opts.background))
+    mode = opts.mode or (2 if policy.mode != "all" else None)
+    if mode == 3 and policy.mode != "all":
+        raise GlnetError("coarse to fine skips patches, which mode 3 cannot: use mode 2")
+    window = opts.window_size or meta.net.window_size
+    overlap = opts.overlap if opts.overlap is not None else window // 4
+    if overlap > window // 2:
+        raise GlnetError(f"overlap {overlap} px is more than half the window ({window} px)")
+    height, width = plan.work_size
+    try:
+        grid = WindowGrid.build(height, width, window, overlap, min(opts.blend, max(overlap, 1)))
+    except ValueError as exc:
+        raise GlnetError(str(exc)) from None
+
+    if plan.resample is None:
+        work_region, source_kwargs = plan.region, None
+    else:
+        from rasterio.enums import Resampling
+
+        work_region = Region(0, 0, height, width)
+        source_kwargs = dict(crs=crs, transform=plan.work_transform, width=width, height=height,
+                             resampling=(Resampling.average if max(plan.resample) > 1
+                                         else Resampling.bilinear))
+    return SegmentJob(scene, output, prob_path, meta, opts, plan, crs, grid, mode, work_region,
+                      source_kwargs)
+
+
 def segment(scene: str | Path, model, output: str | Path, options: SegmentOptions | None = None,
             progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> SegmentResult:
     """Segment ``scene`` with ``model`` into the class mask ``output`` (a COG).
@@ -430,51 +540,69 @@ def segment(scene: str | Path, model, output: str | Path, options: SegmentOption
         cancel: called as often; returning True stops the run with ``Cancelled``
             and nothing is left at the destination.
     """
-    import rasterio
-
     opts = options or SegmentOptions()
     started = time.perf_counter()
     report = _Progress(progress, cancel)
     report.check()
-    scene, output = Path(scene), Path(output)
     model_path = Path(model) if isinstance(model, (str, os.PathLike)) else None
-    inputs = [scene, model_path, Path(opts.aoi) if opts.aoi else None]
-    check_output_path(output, opts.overwrite, inputs)
-    prob_path = Path(opts.probabilities) if opts.probabilities is not None else None
-    if prob_path is not None:
-        if prob_path.resolve() == output.resolve():
-            raise GlnetError(f"{prob_path}: the probability raster needs another path than the mask")
-        check_output_path(prob_path, opts.overwrite, inputs)
-    if output.resolve() == scene.resolve():
-        raise GlnetError(f"{output}: output would overwrite the input")
-
     meta = read_metadata(model_path) if model_path is not None else model[1]
+    job = plan_job(scene, meta, output, opts, model_path)
     _release_freed_memory()
+    net, meta = _load(model, model_path, opts)
+
+    def run(job: SegmentJob, work: WorkFiles, report) -> list[StripResult]:
+        whole = Strip(0, 0, job.grid.rows.size, 0, len(job.grid.rows) - 1)
+        with _threads(opts.threads):
+            return [run_strip(job, net, whole, work.mask, work.probabilities,
+                              lambda f: report(0.9 * f if not job.resampled else 0.8 * f))]
+
+    result = run_job(job, run, report, direct=True)
+    result.seconds = time.perf_counter() - started
+    if progress is not None:
+        progress(1.0)
+    return result
+
+
+@dataclass
+class WorkFiles:
+    """The tiled GTiffs on the work grid that strips write to (or are assembled into)."""
+
+    mask: Path
+    probabilities: Path | None
+
+
+def run_job(job: SegmentJob, run: Callable[[SegmentJob, WorkFiles, _Progress], list[StripResult]],
+            report, direct: bool = False) -> SegmentResult:
+    """Run ``job``: ``run`` segments its strips into ``WorkFiles``; then finish the outputs.
+
+    With ``direct`` the single strip writes the work files itself; otherwise
+    ``run`` writes parts elsewhere and assembles them (``assemble_parts``).
+    Every output goes to a temporary file beside its destination, renamed at
+    the end; on any failure nothing is left.
+    """
+    import rasterio
+
+    if not isinstance(report, _Progress):
+        report = _Progress(report, None)
+    opts = job.opts
     with rasterio.Env(GDAL_CACHEMAX=opts.cache_mb * 2**20, GDAL_PAM_ENABLED="NO"):
-        with _open_scene(scene) as src:
-            plan = _plan(src, scene, meta, opts)
-            crs = src.crs
-        net, meta = _load(model, model_path, opts)
         with ExitStack() as stack:
-            tmp_out = stack.enter_context(atomic_output(output))
-            tmp_prob = stack.enter_context(atomic_output(prob_path)) if prob_path else None
+            tmp_out = stack.enter_context(atomic_output(job.output))
+            tmp_prob = (stack.enter_context(atomic_output(job.probabilities))
+                        if job.probabilities else None)
             temps: list[Path] = []
             stack.callback(lambda: [_remove(p) for p in temps])
-            result = _run(scene, net, meta, opts, plan, crs, output, tmp_out, prob_path,
-                          tmp_prob, temps, report)
+            result = _run(job, run, tmp_out, tmp_prob, temps, report)
         style = None
         if opts.style:
             from .masks import write_qml
 
-            if output.with_suffix(".qml").exists() and not opts.overwrite:
-                result.warnings.append(f"{output.with_suffix('.qml')} exists: legend style "
-                                       "not written (use overwrite)")
+            qml = job.output.with_suffix(".qml")
+            if qml.exists() and not opts.overwrite:
+                result.warnings.append(f"{qml} exists: legend style not written (use overwrite)")
             else:
-                style = write_qml(output, meta.classes)
+                style = write_qml(job.output, job.meta.classes)
     result.style = style
-    result.seconds = time.perf_counter() - started
-    if progress is not None:
-        progress(1.0)
     return result
 
 
@@ -536,56 +664,138 @@ def _threads(n: int | None):
         torch.set_num_threads(before)
 
 
-def _run(scene, net, meta, opts, plan: _Plan, crs, output, tmp_out, prob_path, tmp_prob,
-         temps, report) -> SegmentResult:
+def _open_source(job: SegmentJob):
     import rasterio
-    import torch
-    from rasterio.enums import Resampling
     from rasterio.vrt import WarpedVRT
 
-    from .masks import MaskWriter, default_permissions, finish_cog, temp_path
+    @contextmanager
+    def open_source():
+        with rasterio.open(job.scene) as ds:
+            if job.source_kwargs is None:
+                yield ds
+            else:
+                with WarpedVRT(ds, **job.source_kwargs) as vrt:
+                    yield vrt
+
+    return open_source
+
+
+def work_writer(job: SegmentJob, mask: Path, probabilities: Path | None,
+                strip: Strip | None = None):
+    """A ``MaskWriter`` on the work grid, or on the rows of ``strip`` of it."""
+    from affine import Affine
+
+    from .masks import MaskWriter
+
+    height, width = job.plan.work_size
+    transform = job.plan.work_transform
+    if strip is not None:
+        height = strip.height
+        transform = transform @ Affine.translation(0, strip.lo)
+    return MaskWriter(mask, job.meta.classes, width=width, height=height, crs=job.crs,
+                      transform=transform, probabilities_path=probabilities,
+                      probability_kind=job.opts.probability_kind)
+
+
+def run_strip(job: SegmentJob, net, strip: Strip, mask: Path, probabilities: Path | None,
+              progress: Callable[[float], None] | None = None) -> StripResult:
+    """Segment the rows of ``strip`` into tiled GTiffs of just those rows.
+
+    Windows are read, predicted and blended exactly as in a run over the
+    whole region, so the strip's cells are those of that run.
+    """
+    import torch
+
     from .predict import default_mode, predict_window
     from .probabilities import BandAccumulator
     from .refinement import RefinePolicy
     from .tensors import to_tensor
 
+    opts, meta = job.opts, job.meta
     policy = RefinePolicy(opts.refine, opts.confidence, tuple(opts.background))
-    mode = opts.mode or (2 if policy.mode != "all" else default_mode(net))
+    mode = job.mode or default_mode(net)
     if mode == 3 and not net.has_context_branch:
         raise GlnetError("mode 3 needs a model trained through stage 3")
-    if mode == 3 and policy.mode != "all":
-        raise GlnetError("coarse to fine skips patches, which mode 3 cannot: use mode 2")
+    grid = job.grid
+    windows = [w for w in grid if strip.first <= w.row <= strip.last]
+    result = StripResult(strip, np.zeros(meta.net.num_classes, np.int64), windows=len(windows))
+    writer = work_writer(job, mask, probabilities, strip)
 
-    window = opts.window_size or meta.net.window_size
-    overlap = opts.overlap if opts.overlap is not None else window // 4
-    if overlap > window // 2:
-        raise GlnetError(f"overlap {overlap} px is more than half the window ({window} px)")
-    height, width = plan.work_size
+    def emit(c) -> None:
+        if strip.lo <= c.top < strip.hi:
+            writer.write(c.top - strip.lo, c.left, c.height, c.width, c.probabilities, c.valid)
+
+    mask_fn, skip_fn = _aoi_functions(job.plan)
+    n = max(len(windows), 1)
     try:
-        grid = WindowGrid.build(height, width, window, overlap, min(opts.blend, max(overlap, 1)))
-    except ValueError as exc:
-        raise GlnetError(str(exc)) from None
+        acc = BandAccumulator(grid, meta.net.num_classes, emit)
+        with WindowReader(_open_source(job), grid, job.work_region, job.plan.bands,
+                          mask_fn=mask_fn, skip=skip_fn, windows=windows) as reader:
+            for i, item in enumerate(reader):
+                w = item.window
+                if progress is not None:
+                    progress(i / n)
+                if item.array is None:
+                    result.skipped += 1
+                    acc.add(w, None, None)
+                    continue
+                x = to_tensor(item.array, meta.mean, meta.std, item.valid).to(opts.device)
+                item.array = None
 
-    if plan.resample is None:
-        work_region = plan.region
-        source_kwargs = None
-    else:
-        work_region = Region(0, 0, height, width)
-        fx = max(plan.resample)
-        source_kwargs = dict(crs=crs, transform=plan.work_transform, width=width, height=height,
-                             resampling=Resampling.average if fx > 1 else Resampling.bilinear)
+                def on_batch(done, total, _i=i):
+                    if progress is not None:
+                        progress((_i + done / max(total, 1)) / n)
 
-    @contextmanager
-    def open_source():
-        with rasterio.open(scene) as ds:
-            if source_kwargs is None:
-                yield ds
-            else:
-                with WarpedVRT(ds, **source_kwargs) as vrt:
-                    yield vrt
+                started = time.perf_counter()
+                pred = predict_window(net, x, mode=mode, policy=policy, sub_batch=opts.sub_batch,
+                                      smooth_patches=opts.smooth_patches, on_batch=on_batch)
+                result.model_seconds += time.perf_counter() - started
+                del x
+                result.patches += pred.patches
+                result.refined += pred.refined
+                probs = pred.probabilities.float()
+                if probs.device.type != "cpu":
+                    probs = probs.cpu()
+                acc.add(w, probs.numpy(), item.valid)
+                del pred, probs
+        if progress is not None:
+            progress(1.0)
+    finally:
+        writer.close()
+    if opts.device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    result.counts = writer.counts
+    result.peak_blend_bytes = acc.peak_bytes
+    return result
 
-    resampled = plan.resample is not None
-    with_probs = prob_path is not None
+
+def assemble_parts(job: SegmentJob, parts: list[tuple[Strip, Path, Path | None]],
+                   work: WorkFiles, rows: int = 512) -> None:
+    """Copy strips' part files, block by block, into the work files."""
+    import rasterio
+    from rasterio.windows import Window
+
+    writer = work_writer(job, work.mask, work.probabilities)
+    try:
+        for strip, mask_part, prob_part in sorted(parts, key=lambda p: p[0].lo):
+            pairs = [(mask_part, writer.mask)]
+            if prob_part is not None and writer.probs is not None:
+                pairs.append((prob_part, writer.probs))
+            for part, dst in pairs:
+                with rasterio.open(part) as src:
+                    for top in range(0, strip.height, rows):
+                        h = min(rows, strip.height - top)
+                        block = src.read(window=Window(0, top, src.width, h))
+                        dst.write(block, window=Window(0, strip.lo + top, src.width, h))
+    finally:
+        writer.close()
+
+
+def _run(job: SegmentJob, run, tmp_out, tmp_prob, temps, report) -> SegmentResult:
+    from .masks import default_permissions, finish_cog, temp_path
+
+    opts, meta, plan, output = job.opts, job.meta, job.plan, job.output
+    with_probs = job.probabilities is not None
 
     def new_temp(tag: str) -> Path:
         path = temp_path(output, tag)
@@ -596,62 +806,25 @@ def _run(scene, net, meta, opts, plan: _Plan, crs, output, tmp_out, prob_path, t
     # windows write to work-grid files first.
     mask_tiled = new_temp("tiled")
     prob_tiled = new_temp("ptiled") if with_probs else None
-    mask_work = new_temp("work") if resampled else mask_tiled
-    prob_work = (new_temp("pwork") if resampled else prob_tiled) if with_probs else None
-
+    resampled = job.resampled
+    work = WorkFiles(new_temp("work") if resampled else mask_tiled,
+                     (new_temp("pwork") if resampled else prob_tiled) if with_probs else None)
+    height, width = plan.work_size
+    grid = job.grid
+    report(0.0, f"segmenting {width} x {height} px in {len(grid)} window(s) of "
+                f"{grid.rows.length} x {grid.cols.length} px")
+    strips_done = run(job, work, report)
     share = 0.8 if resampled else 0.9
-    writer = MaskWriter(mask_work, meta.classes, width=width, height=height, crs=crs,
-                        transform=plan.work_transform, probabilities_path=prob_work,
-                        probability_kind=opts.probability_kind)
-    stats = dict(skipped=0, patches=0, refined=0, model_seconds=0.0)
-    mask_fn, skip_fn = _aoi_functions(plan)
-    try:
-        acc = BandAccumulator(grid, meta.net.num_classes,
-                              lambda c: writer.write(c.top, c.left, c.height, c.width,
-                                                     c.probabilities, c.valid))
-        n = len(grid)
-        report(0.0, f"segmenting {width} x {height} px in {n} window(s) of {grid.rows.length} x "
-                    f"{grid.cols.length} px")
-        with _threads(opts.threads), WindowReader(open_source, grid, work_region, plan.bands,
-                                                   mask_fn=mask_fn, skip=skip_fn) as reader:
-            for item in reader:
-                w = item.window
-                report(share * w.index / n)
-                if item.array is None:
-                    stats["skipped"] += 1
-                    acc.add(w, None, None)
-                    continue
-                x = to_tensor(item.array, meta.mean, meta.std, item.valid).to(opts.device)
-                item.array = None
-
-                def on_batch(done, total, _i=w.index):
-                    report(share * (_i + done / max(total, 1)) / n)
-
-                started = time.perf_counter()
-                pred = predict_window(net, x, mode=mode, policy=policy, sub_batch=opts.sub_batch,
-                                      smooth_patches=opts.smooth_patches, on_batch=on_batch)
-                stats["model_seconds"] += time.perf_counter() - started
-                del x
-                stats["patches"] += pred.patches
-                stats["refined"] += pred.refined
-                probs = pred.probabilities.float()
-                if probs.device.type != "cpu":
-                    probs = probs.cpu()
-                acc.add(w, probs.numpy(), item.valid)
-                del pred, probs
-            report(share)
-    finally:
-        writer.close()
-    if opts.device.startswith("cuda"):
-        torch.cuda.empty_cache()
-    counts = writer.counts
+    report(share)
+    counts = sum((r.counts for r in strips_done), np.zeros(meta.net.num_classes, np.int64))
     if resampled:
         report(share, "resampling to the scene's grid")
-        counts = _resample_back(scene, plan, mask_work, mask_tiled, prob_work, prob_tiled,
-                                meta, opts, report)
+        counts = _resample_back(job.scene, plan, work.mask, mask_tiled, work.probabilities,
+                                prob_tiled, meta, opts, report)
     if int(counts.sum()) == 0:
         what = "area of interest" if opts.aoi else ("extent" if opts.extent else "scene")
-        raise GlnetError(f"{scene}: no valid pixels in the {what} (all nodata); nothing written")
+        raise GlnetError(f"{job.scene}: no valid pixels in the {what} (all nodata); "
+                         "nothing written")
 
     report(0.9, "writing the Cloud Optimized GeoTIFF")
     finish_cog(mask_tiled, tmp_out, categorical=True, overviews=opts.overviews)
@@ -665,12 +838,14 @@ def _run(scene, net, meta, opts, plan: _Plan, crs, output, tmp_out, prob_path, t
     report.check()
     names = [c.name for c in meta.classes]
     return SegmentResult(
-        output=output, probabilities=prob_path, style=None, width=plan.region.width,
-        height=plan.region.height, windows=len(grid), skipped=stats["skipped"],
-        patches=stats["patches"], refined=stats["refined"], valid_pixels=int(counts.sum()),
+        output=output, probabilities=job.probabilities, style=None, width=plan.region.width,
+        height=plan.region.height, windows=len(grid), skipped=sum(r.skipped for r in strips_done),
+        patches=sum(r.patches for r in strips_done), refined=sum(r.refined for r in strips_done),
+        valid_pixels=int(counts.sum()),
         class_pixels={name: int(c) for name, c in zip(names, counts)}, seconds=0.0,
-        resampled=resampled, work_size=plan.work_size, peak_blend_bytes=acc.peak_bytes,
-        model_seconds=stats["model_seconds"], warnings=plan.warnings)
+        resampled=resampled, work_size=plan.work_size,
+        peak_blend_bytes=max(r.peak_blend_bytes for r in strips_done),
+        model_seconds=sum(r.model_seconds for r in strips_done), warnings=list(plan.warnings))
 
 
 def _resample_back(scene, plan: _Plan, mask_work, mask_tiled, prob_work, prob_tiled, meta, opts,

@@ -198,6 +198,47 @@ class WindowGrid:
                 self.cols.weight(w.col, w.left, w.left + w.width))
 
 
+@dataclass(frozen=True)
+class Strip:
+    """Rows ``[lo, hi)`` of a region and the window rows ``first..last`` that finish them.
+
+    A strip's rows are whole row segments, so every cell in it gets weight only
+    from windows in ``first..last``; strips can therefore be segmented apart
+    (on other processes or machines) and give exactly the cells of a run over
+    the whole region, at the cost of computing the window row that two strips
+    share once for each.
+    """
+
+    index: int
+    lo: int
+    hi: int
+    first: int
+    last: int
+
+    @property
+    def height(self) -> int:
+        return self.hi - self.lo
+
+
+def strips(rows: AxisPlan, count: int) -> list[Strip]:
+    """Cut ``rows`` into at most ``count`` strips of about equal height at segment boundaries."""
+    bounds = [s.lo for s in rows.segments[1:]]
+    cuts: list[int] = []
+    for i in range(1, max(1, count)):
+        target = rows.size * i / count
+        candidates = [b for b in bounds if b > (cuts[-1] if cuts else 0)]
+        if not candidates:
+            break
+        cut = min(candidates, key=lambda b: abs(b - target))
+        cuts.append(cut)
+    edges = [0, *sorted(set(cuts)), rows.size]
+    out = []
+    for lo, hi in zip(edges, edges[1:]):
+        owners = [k for s in rows.segments if lo <= s.lo < hi for k in s.owners]
+        out.append(Strip(len(out), lo, hi, min(owners), max(owners)))
+    return out
+
+
 # -- reading ------------------------------------------------------------------------------
 
 
@@ -220,7 +261,7 @@ class ReadFailed(GlnetError):
 
 
 class WindowReader:
-    """Reads ``grid``'s windows in order on a background thread, ``prefetch`` ahead.
+    """Reads ``grid``'s windows (or ``windows``) in order on a background thread, ``prefetch`` ahead.
 
     ``open_source`` is called on the reader thread and returns a context
     manager yielding the dataset to read (a rasterio dataset or WarpedVRT).
@@ -231,9 +272,10 @@ class WindowReader:
     def __init__(self, open_source: Callable[[], AbstractContextManager], grid: WindowGrid,
                  region: Region, bands: list[int],
                  mask_fn: Callable[[Window], np.ndarray | None] | None = None,
-                 skip: Callable[[Window], bool] | None = None, prefetch: int = 1) -> None:
+                 skip: Callable[[Window], bool] | None = None, prefetch: int = 1,
+                 windows: list[Window] | None = None) -> None:
         self._open = open_source
-        self._grid = grid
+        self._windows = list(grid) if windows is None else list(windows)
         self._region = region
         self._bands = bands
         self._mask_fn = mask_fn
@@ -259,7 +301,7 @@ class WindowReader:
         self._thread.join()
 
     def __iter__(self) -> Iterator[WindowData]:
-        for _ in range(len(self._grid)):
+        for _ in range(len(self._windows)):
             item = self._queue.get()
             if isinstance(item, BaseException):
                 raise item
@@ -281,7 +323,7 @@ class WindowReader:
         try:
             with self._open() as src:
                 kind = _mask_kind(src, self._bands)
-                for w in self._grid:
+                for w in self._windows:
                     if self._stop.is_set():
                         return
                     if self._skip is not None and self._skip(w):

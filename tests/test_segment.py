@@ -20,7 +20,6 @@ from rasterio.transform import from_origin
 
 from glnet.errors import Cancelled, GlnetError
 from glnet.masks import CLASSES_TAG, NODATA, read_classes
-from glnet.modelfile import save_model
 from glnet.predict import predict_window
 from glnet.probabilities import BandAccumulator
 from glnet.segment import SegmentOptions, segment
@@ -39,23 +38,6 @@ OPTS = SegmentOptions(threads=1)
 
 
 # -- fixtures ---------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def trained():
-    """The tiny GLNet trained through stages 1 and 2 on synthetic landscapes (~30-60 s)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return fm.train_tiny()
-    finally:
-        torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="session")
-def model_file(trained, tmp_path_factory):
-    path = tmp_path_factory.mktemp("model") / "tiny.glnet"
-    return save_model(*trained, path)
 
 
 def write_scene(path: Path, image: np.ndarray, transform=None, crs="EPSG:32633",
