@@ -317,6 +317,8 @@ def _train(args: argparse.Namespace) -> int:
     report = _progress(args, "training")
     result = train(scenes, classes, args.output, options, resume=args.resume,
                    log=lambda text: _log(report, text), progress=report)
+    if int(os.environ.get("RANK", "0") or 0) > 0:
+        return 0  # under torchrun, rank 0 reports
     score = f"validation mIoU {result.best_miou:.4f} (stage {result.best_stage})" \
         if result.best_miou is not None else "no validation"
     print(f"wrote {args.output}: stages {', '.join(map(str, result.stages_done))}, {score}, "

@@ -38,8 +38,16 @@ def downsample(window: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(window, size=size, mode="bilinear", align_corners=False, antialias=True)
 
 
-def default_mode(model: GLNet) -> int:
-    """The fullest inference mode the model's weights support."""
+def default_mode(model: GLNet, stages: tuple[int, ...] = ()) -> int:
+    """The fullest inference mode the model's weights support.
+
+    ``stages``: the training stages done (``ModelMeta.stages``), when known. A
+    model kept after stage 1 only (its best validation score came before the
+    local branch was trained) runs the global branch alone: its local branch
+    holds untrained weights.
+    """
+    if stages and max(stages) == 1:
+        return 1
     return 3 if model.has_context_branch else 2
 
 

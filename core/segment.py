@@ -503,6 +503,10 @@ def plan_job(scene: str | Path, meta: ModelMeta, output: str | Path,
     mode = opts.mode or (2 if policy.mode != "all" else None)
     if mode == 3 and policy.mode != "all":
         raise GlnetError("coarse to fine skips patches, which mode 3 cannot: use mode 2")
+    if mode == 2 and meta.stages and max(meta.stages) < 2:
+        raise GlnetError(f"{model_path or 'the model'} was trained through stage 1 only: its local "
+                         "branch is untrained, so mode 2 and coarse to fine are not available "
+                         "(use mode 1)")
     window = opts.window_size or meta.net.window_size
     overlap = opts.overlap if opts.overlap is not None else window // 4
     if overlap > window // 2:
@@ -713,7 +717,7 @@ def run_strip(job: SegmentJob, net, strip: Strip, mask: Path, probabilities: Pat
 
     opts, meta = job.opts, job.meta
     policy = RefinePolicy(opts.refine, opts.confidence, tuple(opts.background))
-    mode = job.mode or default_mode(net)
+    mode = job.mode or default_mode(net, tuple(job.meta.stages))
     if mode == 3 and not net.has_context_branch:
         raise GlnetError("mode 3 needs a model trained through stage 3")
     grid = job.grid

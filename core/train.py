@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import parallel
 from .config import StageConfig, TrainConfig, preset
 from .datasets import Rect, TrainingScene, WindowSampler, augment, split_regions, tile_rect
 from .errors import GlnetError
@@ -166,15 +167,27 @@ def train(scenes: Sequence[TrainingScene], classes: Sequence[ClassInfo], output:
     ``log`` receives one line per epoch; ``progress`` the fraction of all
     planned steps done (called after every step; it may raise to cancel).
     """
+    ranks = parallel.from_env()
+    try:
+        return _train(scenes, classes, output, options, resume, log, progress, ranks)
+    finally:
+        ranks.close()
+
+
+def _train(scenes, classes, output, options: TrainOptions, resume: bool, log, progress,
+           ranks: parallel.Ranks) -> TrainResult:
     output = Path(output)
     ckpt_path = checkpoint_path(output)
+    if not ranks.main:
+        log, progress = (lambda text: None), None
     # Temporary files of a run that was killed (SIGKILL leaves no chance to clean up).
-    for stale in [*output.parent.glob(f".{output.name}.*.part"), *output.parent.glob(f".{ckpt_path.name}.*.part")]:
+    for stale in [] if not ranks.main else [*output.parent.glob(f".{output.name}.*.part"), *output.parent.glob(f".{ckpt_path.name}.*.part")]:
         stale.unlink(missing_ok=True)
     if options.threads:
         torch.set_num_threads(options.threads)
     torch.manual_seed(options.seed)
-    rng = np.random.default_rng(options.seed)
+    # Rank 0 draws the windows a single process would; the others their own.
+    rng = np.random.default_rng(options.seed if ranks.main else [options.seed, ranks.rank])
     start_time = time.monotonic()
 
     state = None
@@ -219,6 +232,9 @@ def train(scenes: Sequence[TrainingScene], classes: Sequence[ClassInfo], output:
         pos = json.loads(state["pos"])
         stage_best = {"miou": float(state["stage_best_miou"]), "state": state["stage_best_state"]}
         rng.bit_generator.state = json.loads(state["rng"])
+        if not ranks.main:
+            rng = np.random.default_rng([options.seed, ranks.rank, pos["stage_index"],
+                                         pos["epoch"]])
         torch.set_rng_state(state["torch_rng"])
         log(f"resuming from {ckpt_path}: stage {stages[pos['stage_index']] if pos['stage_index'] < len(stages) else '-'}, "
             f"epoch {pos['epoch'] + 1}")
@@ -239,7 +255,10 @@ def train(scenes: Sequence[TrainingScene], classes: Sequence[ClassInfo], output:
         lr = options.lr.get(stage, stage_cfg.lr)
         cfg = replace(cfg, stages={**cfg.stages, stage: StageConfig(epochs=epochs, lr=lr)})
         model.set_stage(stage)
+        ranks.broadcast_state(model)
         optimizer = make_optimizer(model, stage, cfg)
+        if ranks.active:
+            optimizer = parallel.AveragingOptimizer(optimizer, model, ranks)
         first_epoch = pos["epoch"] if si == pos["stage_index"] else 0
         if state is not None and si == pos["stage_index"] and state.get("optimizer") is not None:
             optimizer.load_state_dict(state["optimizer"])
@@ -273,29 +292,32 @@ def train(scenes: Sequence[TrainingScene], classes: Sequence[ClassInfo], output:
                 if progress is not None:
                     before = sum(planned[s] for s in stages[:si])
                     progress(min(1.0, (before + step + 1) / total_planned))
-                if stage_deadline is not None and elapsed() >= stage_deadline:
+                if ranks.any(stage_deadline is not None and elapsed() >= stage_deadline):
                     out_of_time = True
                     break
             record = {"stage": stage, "epoch": epoch + 1, "loss": float(np.mean(losses)),
                       "steps": len(losses), "minutes": round(elapsed() / 60, 2)}
-            if val_windows:
+            if val_windows and ranks.main:
                 conf = evaluate_windows(model, meta, scenes, val_windows, mode)
                 record["val_miou"] = conf.miou()
                 record["val_accuracy"] = conf.overall_accuracy()
             history.append(record)
             log(_format_record(record))
-            miou = record.get("val_miou", -0.5)
+            miou = ranks.from_main(record.get("val_miou", -0.5))
             if miou > stage_best["miou"]:
                 stage_best = {"miou": miou, "state": copy.deepcopy(model.state_dict())}
             stage_done = done + ((stage,) if stage not in done else ())
             if miou > best["miou"] or not val_windows:
                 best = {"miou": miou, "stage": stage, "epoch": epoch + 1}
-                save_model(model, replace(meta, stages=tuple(sorted(stage_done))), output)
+                if ranks.main:
+                    save_model(model, replace(meta, stages=tuple(sorted(stage_done))), output)
             last = out_of_time or epoch == epochs - 1
-            _save_checkpoint(ckpt_path, meta, model, optimizer if not last else None, history, best,
-                             done if not last else stage_done,
-                             {"stage_index": si + 1 if last else si, "epoch": 0 if last else epoch + 1},
-                             stage_best, rng, elapsed())
+            if ranks.main:
+                _save_checkpoint(ckpt_path, meta, model, optimizer if not last else None, history,
+                                 best, done if not last else stage_done,
+                                 {"stage_index": si + 1 if last else si,
+                                  "epoch": 0 if last else epoch + 1},
+                                 stage_best, rng, elapsed())
             if out_of_time:
                 log(f"stage {stage}: time budget used after {epoch + 1} epoch(s)")
                 break
@@ -305,6 +327,7 @@ def train(scenes: Sequence[TrainingScene], classes: Sequence[ClassInfo], output:
         done = done + ((stage,) if stage not in done else ())
         state = None
 
+    ranks.check_identical(model)
     best_miou = best["miou"] if best["miou"] >= 0 else None
     return TrainResult(output, best_miou, best["stage"], done, history, elapsed() / 60)
 

@@ -148,6 +148,27 @@ def test_band_accumulator_equals_whole_scene_blend_with_bounded_memory():
 # -- equality with the single-pass model ---------------------------------------------------
 
 
+def test_model_kept_after_stage_one_runs_the_global_branch_only(trained, tmp_path):
+    """Training keeps the best model by validation; if that came in stage 1, the
+    local branch in the file is untrained and must not be used."""
+    from dataclasses import replace
+
+    model, meta = trained
+    image, _ = fm.landscape(200, 260, seed=8)
+    scene = write_scene(tmp_path / "s.tif", image)
+    stage1 = (model, replace(meta, stages=(1,)))
+    segment(scene, stage1, tmp_path / "default.tif", OPTS)
+    segment(scene, trained, tmp_path / "mode1.tif", OPTS.replace(mode=1))
+    segment(scene, trained, tmp_path / "mode2.tif", OPTS.replace(mode=2))
+    default, mode1 = read(tmp_path / "default.tif")[0], read(tmp_path / "mode1.tif")[0]
+    np.testing.assert_array_equal(default, mode1)
+    assert not np.array_equal(default, read(tmp_path / "mode2.tif")[0])
+    for opts in (OPTS.replace(mode=2), OPTS.replace(refine="confidence")):
+        with pytest.raises(GlnetError, match="trained through stage 1 only"):
+            segment(scene, stage1, tmp_path / "x.tif", opts)
+    assert not (tmp_path / "x.tif").exists()
+
+
 def test_scene_in_one_window_equals_single_pass(trained, tmp_path):
     model, meta = trained
     image, _ = fm.landscape(90, 100, seed=3)
