@@ -108,7 +108,7 @@ class SegmentAlgorithm(GlnetAlgorithm):
             QgsProcessingParameterNumber.Integer, defaultValue=128, minValue=1)))
         self.addParameter(advanced(QgsProcessingParameterNumber(
             self.BATCH, self.tr("Patches per forward pass (batch)"),
-            QgsProcessingParameterNumber.Integer, defaultValue=6, minValue=1)))
+            QgsProcessingParameterNumber.Integer, defaultValue=1, minValue=1)))
         self.addParameter(advanced(QgsProcessingParameterEnum(
             self.MODE, self.tr("Branches"),
             options=[self.tr("the fullest the model supports"), self.tr("1: global only"),
