@@ -3,8 +3,13 @@
 synth -> train -> segment -> vectorize -> evaluate, each as its own ``glnet``
 process so that its wall time and peak memory are measured separately; then
 a quicklook picture (image, truth, prediction, legend), a confusion-matrix
-picture and a Markdown report. Pictures need matplotlib (``pip install
-glnet-qgis[demo]``); without it the report is written without them.
+picture, a picture of the mask and polygons over the scene drawn by QGIS's
+own map renderer, and a Markdown report. The first two need matplotlib
+(``pip install glnet-qgis[demo]``); the QGIS picture needs a Python that
+imports ``qgis`` (``/usr/bin/python3`` with Debian's python3-qgis, or
+``--qgis-python``) and the repository's ``glnet_qgis/render.py``, run in a
+child process: the engine never imports QGIS. What is missing is noted in the
+report instead.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -28,6 +34,7 @@ class DemoOptions:
     train_minutes: float = 7.0
     patches_per_window: int = 4
     min_pixels: int = 16
+    qgis_python: str = "/usr/bin/python3"
 
 
 @dataclass
@@ -61,8 +68,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", type=Path, nargs="?", default=Path("demo_output"))
     parser.add_argument("--size", type=int, default=DemoOptions.size)
     parser.add_argument("--train-minutes", type=float, default=DemoOptions.train_minutes)
+    parser.add_argument("--seed", type=int, default=DemoOptions.seed)
+    parser.add_argument("--patches-per-window", type=int, default=DemoOptions.patches_per_window,
+                        help="patches with a loss per window in training stages 2 and 3")
+    parser.add_argument("--qgis-python", default=os.environ.get("GLNET_QGIS_PYTHON",
+                                                                DemoOptions.qgis_python),
+                        help="a Python that imports qgis, for the QGIS picture "
+                             "(default /usr/bin/python3 or $GLNET_QGIS_PYTHON; '' for none)")
     args = parser.parse_args(argv)
-    opts = DemoOptions(size=args.size, train_minutes=args.train_minutes)
+    opts = DemoOptions(size=args.size, train_minutes=args.train_minutes, seed=args.seed,
+                       patches_per_window=args.patches_per_window, qgis_python=args.qgis_python)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
 
@@ -82,10 +97,15 @@ def main(argv: list[str] | None = None) -> int:
                                "--overwrite"], log),
         run_step("evaluate", ["evaluate", mask, labels, "--json"], log),
     ]
+    # The checkpoint only serves `glnet train --resume`: 3x the model's size, of no use here.
+    Path(f"{model}.ckpt").unlink(missing_ok=True)
     evaluation = json.loads(steps[-1].stdout.strip().splitlines()[-1])
     (out / "evaluation.json").write_text(json.dumps(evaluation, indent=2))
     pictures = _pictures(out, scene, labels, mask, evaluation, log)
-    _report(out, opts, steps, evaluation, pictures)
+    qgis = qgis_picture(out / "qgis.png", scene, mask, polygons, opts.qgis_python, log,
+                        title=f"GLNet land cover of a {opts.size} x {opts.size} px synthetic scene "
+                              f"(mIoU {evaluation['miou']:.3f})")
+    _report(out, opts, steps, evaluation, pictures, qgis)
     log(f"mIoU {evaluation['miou']:.4f}; report: {out / 'report.md'}")
     return 0
 
@@ -151,6 +171,70 @@ def _pictures(out: Path, scene: Path, labels: Path, mask: Path, evaluation: dict
     return ["quicklook.png", "confusion.png"]
 
 
+@dataclass
+class QgisPicture:
+    """The QGIS picture: its path and the command that drew it, or why there is none."""
+
+    path: Path | None
+    command: str
+    seconds: float = 0.0
+    note: str = ""
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RENDER_SCRIPT = REPO_ROOT / "glnet_qgis" / "render.py"
+
+
+def qgis_picture(png: Path, scene: Path, mask: Path, polygons: Path, python: str, log,
+                 title: str | None = None, timeout: float = 600) -> QgisPicture:
+    """Draw ``png`` with QGIS's map renderer (``glnet_qgis/render.py`` in QGIS's Python).
+
+    Never raises for a missing QGIS: the result's ``note`` says what is missing.
+    """
+    png = png.resolve()
+    args = ["--scene", scene.resolve(), "--mask", mask.resolve(), "--polygons", polygons.resolve(),
+            "-o", png]
+    if title:
+        args += ["--title", title]
+    command = (f"PYTHONPATH={shlex.quote(str(REPO_ROOT))} QT_QPA_PLATFORM=offscreen "
+               + shlex.join([python or "python3", "-m", "glnet_qgis.render", *map(str, args)]))
+    if not python:
+        return QgisPicture(None, command, note="no QGIS Python given (--qgis-python '')")
+    if not RENDER_SCRIPT.is_file():
+        return QgisPicture(None, command, note=f"{RENDER_SCRIPT} is missing (glnet installed "
+                                               "without the repository's glnet_qgis/)")
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PYTHON", "QGIS_")) and k != "VIRTUAL_ENV"}
+    env.update(PYTHONPATH=str(REPO_ROOT), QT_QPA_PLATFORM="offscreen", PYTHONDONTWRITEBYTECODE="1")
+    try:
+        probe = subprocess.run([python, "-c", "import qgis.core"], env=env, capture_output=True,
+                               text=True, timeout=120)
+    except OSError as exc:
+        probe = None
+        reason = f"{python}: {exc.strerror or exc}"
+    else:
+        reason = (probe.stderr.strip().splitlines() or ["import failed"])[-1]
+    if probe is None or probe.returncode != 0:
+        note = f"QGIS is not available: `{python} -c 'import qgis.core'` failed ({reason})"
+        log(f"[qgis] no QGIS picture: {note}")
+        return QgisPicture(None, command, note=note)
+    log(f"[qgis] {command}")
+    start = time.monotonic()
+    try:
+        proc = subprocess.run([python, "-m", "glnet_qgis.render", *map(str, args)], env=env,
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return QgisPicture(None, command, note=f"the QGIS render took more than {timeout:g} s")
+    seconds = time.monotonic() - start
+    if proc.returncode != 0 or not png.is_file():
+        tail = " ".join((proc.stderr.strip() or proc.stdout.strip()).splitlines()[-3:])
+        note = f"the QGIS render failed (exit {proc.returncode}): {tail}"
+        log(f"[qgis] {note}")
+        return QgisPicture(None, command, seconds, note=note)
+    log(f"[qgis] {seconds:.1f} s: {proc.stdout.strip()}")
+    return QgisPicture(png, command, seconds)
+
+
 def _class_colors(labels: Path, n: int) -> list:
     import rasterio
 
@@ -165,7 +249,8 @@ def _color(entry, i: int) -> tuple[int, int, int]:
     return tuple(entry[:3]) if entry else default_colors(i + 1)[i]
 
 
-def _report(out: Path, opts: DemoOptions, steps: list[StepResult], ev: dict, pictures: list[str]) -> None:
+def _report(out: Path, opts: DemoOptions, steps: list[StepResult], ev: dict, pictures: list[str],
+            qgis: QgisPicture | None = None) -> None:
     lines = ["# glnet demo report", "",
              f"A {opts.size} x {opts.size} px synthetic scene (`glnet synth`), a `fast` GLNet trained on it "
              f"for at most {opts.train_minutes:g} minutes (the right-hand 20 % held out for validation), "
@@ -186,7 +271,19 @@ def _report(out: Path, opts: DemoOptions, steps: list[StepResult], ev: dict, pic
     lines.append("")
     for p in pictures:
         lines += [f"![{p}]({p})", ""]
-    lines += ["Files: `mask.tif` (COG), `polygons.gpkg`, `model.glnet`, `evaluation.json`, `scene/`.", ""]
+    if qgis is not None:
+        lines += ["## In QGIS", ""]
+        if qgis.path is not None:
+            lines += ["The mask (its `mask.qml` style, semi-transparent) and the polygon outlines "
+                      "over the scene, drawn by QGIS's own map renderer "
+                      f"({qgis.seconds:.1f} s):", "", f"![qgis.png]({qgis.path.name})", "",
+                      f"`{qgis.command}`", ""]
+        else:
+            lines += [f"No QGIS picture: {qgis.note}.", ""]
+    files = "`mask.tif` (COG) and `mask.qml`, `polygons.gpkg`, `model.glnet`, `evaluation.json`, `scene/`"
+    if qgis is not None and qgis.path is not None:
+        files += ", `qgis.png`"
+    lines += [f"Files: {files}.", ""]
     (out / "report.md").write_text("\n".join(lines))
 
 
