@@ -294,13 +294,14 @@ class WindowSampler:
 
     def draw(self, rng: np.random.Generator) -> Rect:
         for _ in range(10):
-            rect = self._candidate(rng)
+            rect = self.candidate(rng)
             _, labels, _ = self.scenes[rect.scene].read(rect.window(), self.num_classes)
             if (labels != IGNORE).mean() >= 0.5:
                 return rect
         return rect
 
-    def _candidate(self, rng: np.random.Generator) -> Rect:
+    def candidate(self, rng: np.random.Generator) -> Rect:
+        """A window as drawn (by class when balancing), before the check for unlabelled pixels."""
         if self.balance and self.class_p is not None:
             c = rng.choice(self.num_classes, p=self.class_p)
             k, idx = self.where[c][rng.integers(len(self.where[c]))]

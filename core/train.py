@@ -130,7 +130,7 @@ def _band_statistics(scenes, window, options, num_classes):
     sampler = WindowSampler(scenes, regions, window, num_classes)
     stats = BandStatistics(len(scenes[0].bands))
     for _ in range(options.stats_windows):
-        rect = sampler._candidate(rng)
+        rect = sampler.candidate(rng)
         image, _, valid = scenes[rect.scene].read(rect.window())
         stats.update(image, valid)
     try:
