@@ -51,6 +51,13 @@ class TrainOptions:
             scene's resolution instead.
         stages: which stages to run, in order.
         epochs, lr: per-stage overrides of ``loss.stages``.
+        scratch_lr: without ``backbone_weights``, the learning rate of every
+            stage not given in ``lr``. The released per-stage rates (``loss``:
+            1e-4, 2e-5, 5e-5) fine-tune ImageNet-pretrained branches over
+            thousands of steps; from scratch on a CPU budget the stage-2 rate
+            leaves the local branch and the aggregation conv almost untrained
+            (measured with ``benchmarks/accuracy.py``). None keeps the released
+            rates.
         windows_per_step: windows per optimiser step, per stage.
         windows_per_epoch: training windows per epoch (default: enough to cover
             the training area once).
@@ -72,6 +79,7 @@ class TrainOptions:
     stages: tuple[int, ...] = (1, 2, 3)
     epochs: dict[int, int] = field(default_factory=dict)
     lr: dict[int, float] = field(default_factory=dict)
+    scratch_lr: float | None = 1e-4
     windows_per_step: dict[int, int] = field(default_factory=lambda: {1: 2, 2: 1, 3: 1})
     windows_per_epoch: int | None = None
     max_minutes: float | None = None
@@ -252,7 +260,9 @@ def _train(scenes, classes, output, options: TrainOptions, resume: bool, log, pr
         cfg = options.loss
         stage_cfg = cfg.stages.get(stage, StageConfig(epochs=10, lr=1e-4))
         epochs = options.epochs.get(stage, stage_cfg.epochs)
-        lr = options.lr.get(stage, stage_cfg.lr)
+        default_lr = (options.scratch_lr if options.scratch_lr and not options.backbone_weights
+                      else stage_cfg.lr)
+        lr = options.lr.get(stage, default_lr)
         cfg = replace(cfg, stages={**cfg.stages, stage: StageConfig(epochs=epochs, lr=lr)})
         model.set_stage(stage)
         ranks.broadcast_state(model)
