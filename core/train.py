@@ -314,7 +314,7 @@ def _train(scenes, classes, output, options: TrainOptions, resume: bool, log, pr
             history.append(record)
             log(_format_record(record))
             miou = ranks.from_main(record.get("val_miou", -0.5))
-            if miou > stage_best["miou"]:
+            if miou > stage_best["miou"] or not val_windows:
                 stage_best = {"miou": miou, "state": copy.deepcopy(model.state_dict())}
             stage_done = done + ((stage,) if stage not in done else ())
             if miou > best["miou"] or not val_windows:
