@@ -115,14 +115,25 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_synth)
 
     p = sub.add_parser(
-        "evaluate", help="score a prediction against reference labels",
+        "evaluate", help="score a prediction, or a model, against reference labels",
         description="Score a class raster PRED against REF: a class raster (warped onto PRED's "
                     "grid with nearest neighbour if the grids differ) or polygons with a class "
                     "field (rasterised onto PRED's grid). Prints per-class IoU, F1, precision "
                     "and recall, mIoU, overall accuracy and the confusion matrix. Nodata in "
-                    "either, and pixels outside the reference, are not counted.")
-    p.add_argument("pred", type=Path, metavar="PRED", help="prediction: a one-band class raster")
-    p.add_argument("ref", type=Path, metavar="REF", help="reference: a class raster or a vector file")
+                    "either, and pixels outside the reference, are not counted. With -m MODEL, "
+                    "the first argument is a SCENE that is segmented with the model first (as "
+                    "glnet segment does, into a temporary mask); with -m MODEL --dataset FOLDER, "
+                    "every scene of a DeepGlobe or LoveDA folder is segmented and scored against "
+                    "its labels.")
+    p.add_argument("pred", type=Path, nargs="?", metavar="PRED",
+                   help="prediction: a one-band class raster (with -m: the scene to segment)")
+    p.add_argument("ref", type=Path, nargs="?", metavar="REF",
+                   help="reference: a class raster or a vector file")
+    p.add_argument("-m", "--model", type=Path, help="score this model: segment PRED (a scene) first")
+    p.add_argument("--dataset", type=Path, metavar="FOLDER",
+                   help="with -m: a DeepGlobe or LoveDA folder to segment and score instead of "
+                        "SCENE REF")
+    p.add_argument("--threads", type=int, help="with -m: CPU threads for segmenting")
     p.add_argument("--ref-field", help="class field of vector references, values or names "
                                        "(default class_id, else class_name)")
     p.add_argument("--ref-layer", help="layer of a vector file with several layers")
@@ -133,7 +144,7 @@ def _parser() -> argparse.ArgumentParser:
                         "(default: not counted)")
     p.add_argument("--block-size", type=int, default=1024, help="pixels per block side (default 1024)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    p.set_defaults(run=_evaluate)
+    p.set_defaults(run=_evaluate, usage_error=p.error)
 
     p = sub.add_parser(
         "segment", help="segment a scene of any size into a land-cover mask",
@@ -360,12 +371,39 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate
+    from .evaluate import evaluate, evaluate_model, evaluate_model_on_dataset
 
+    given = [a for a in (args.pred, args.ref) if a is not None]
+    if args.dataset is not None:
+        if args.model is None:
+            args.usage_error("--dataset needs a model to score: add -m MODEL")
+        if given or args.ref_field or args.ref_layer or args.background is not None:
+            args.usage_error("with --dataset, give no SCENE or REF (nor --ref-field, --ref-layer, "
+                             "--background): the folder's labels are the reference")
+    elif len(given) != 2:
+        args.usage_error("give PRED and REF" if args.model is None else
+                         "give SCENE and REF to segment and score (or --dataset FOLDER)")
+    if args.threads is not None and args.model is None:
+        args.usage_error("--threads applies with -m MODEL only")
     report = _progress(args, "evaluate")
-    result = evaluate(args.pred, args.ref, ref_field=args.ref_field, ref_layer=args.ref_layer,
-                      ignore_classes=args.ignore_classes, background=args.background,
-                      block_size=args.block_size, progress=report)
+    if args.model is not None:
+        from .segment import SegmentOptions
+
+        options = SegmentOptions(threads=args.threads)
+        if args.dataset is not None:
+            result = evaluate_model_on_dataset(
+                args.model, args.dataset, ignore_classes=args.ignore_classes,
+                block_size=args.block_size, segment_options=options, progress=report)
+        else:
+            result = evaluate_model(
+                args.model, args.pred, args.ref, ref_field=args.ref_field,
+                ref_layer=args.ref_layer, ignore_classes=args.ignore_classes,
+                background=args.background, block_size=args.block_size,
+                segment_options=options, progress=report)
+    else:
+        result = evaluate(args.pred, args.ref, ref_field=args.ref_field, ref_layer=args.ref_layer,
+                          ignore_classes=args.ignore_classes, background=args.background,
+                          block_size=args.block_size, progress=report)
     if hasattr(report, "close"):
         report.close()
     print(result.to_json() if args.json else result.format())
@@ -378,7 +416,7 @@ def _segment(args: argparse.Namespace) -> int:
     if args.extent is not None and len(args.extent) != 4:
         raise GlnetError("--extent needs four numbers: xmin,ymin,xmax,ymax")
     scenes = [source_path(s) for s in args.scenes]
-    several = len(scenes) > 1 or args.scheduler is not None
+    several = len(scenes) > 1 or args.scheduler is not None or args.output.is_dir()
     if several:
         from .distributed import output_paths
 

@@ -8,6 +8,7 @@ import math
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import fiona
@@ -317,3 +318,150 @@ def test_synth_copy_evaluates_after_move(land, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
     assert evaluate(copy / "labels.tif", copy / "labels.gpkg").matrix.miou() == 1.0
+
+
+# --------------------------------------------------------------------------- a model
+
+# One thread: on a shared 2-core machine a second torch thread makes small windows several
+# times slower. No validation, so the model file is the one after stage 3.
+TINY_TRAIN = ["--window", "128", "--patch", "64", "--global-size", "64", "--epochs", "1",
+              "--windows-per-epoch", "2", "--val-fraction", "0", "--quiet", "--threads", "1",
+              "--seed", "1"]
+
+
+@pytest.fixture(scope="module")
+def land_model(land, tmp_path_factory):
+    """A tiny model trained through the three stages on the synthetic landscape (seconds)."""
+    from glnet.cli import main
+
+    out, _, _ = land
+    model = tmp_path_factory.mktemp("model") / "land.glnet"
+    assert main(["train", str(out / "scene.tif"), "--labels", str(out / "labels.tif"),
+                 "-o", str(model), *TINY_TRAIN]) == 0
+    return model
+
+
+def test_model_against_labels_equals_segment_then_evaluate(land, land_model, tmp_path):
+    from glnet.evaluate import evaluate_model
+    from glnet.segment import SegmentOptions
+
+    out, labels, _ = land
+    mask = tmp_path / "mask.tif"
+    seg = subprocess.run([GLNET, "segment", str(out / "scene.tif"), "-m", str(land_model),
+                          "-o", str(mask), "--threads", "1"], capture_output=True, text=True,
+                         timeout=300)
+    assert seg.returncode == 0, seg.stderr
+    two = subprocess.run([GLNET, "evaluate", str(mask), str(out / "labels.tif"), "--json"],
+                         capture_output=True, text=True, timeout=120)
+    one = subprocess.run([GLNET, "evaluate", "-m", str(land_model), str(out / "scene.tif"),
+                          str(out / "labels.tif"), "--json", "--threads", "1"],
+                         capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0 and one.returncode == 0, (two.stderr, one.stderr)
+    a, b = json.loads(two.stdout), json.loads(one.stdout)
+    assert b["confusion_matrix"] == a["confusion_matrix"]
+    assert b["pixels"] == a["pixels"] == SIZE * SIZE and b["miou"] == a["miou"]
+    assert [c["name"] for c in b["classes"]] == [c.name for c in synth.CLASSES]
+    assert b["prediction"] == f"{out / 'scene.tif'} segmented with {land_model}"
+    # the counts are the mask's against the labels, pixel by pixel
+    with rasterio.open(mask) as ds:
+        pred = ds.read(1)
+    assert b["confusion_matrix"] == _counts(pred, labels).tolist()
+    # polygons as the reference, through the API
+    res = evaluate_model(land_model, out / "scene.tif", out / "labels.gpkg", ignore_classes=[0],
+                         segment_options=SegmentOptions(threads=1))
+    ref = evaluate(mask, out / "labels.gpkg", ignore_classes=[0])
+    assert np.array_equal(res.matrix.matrix, ref.matrix.matrix)
+    assert res.matrix.miou() == ref.matrix.miou() and res.matrix.ignore_classes == (0,)
+
+
+def _loveda_folder(root: Path, out: Path, tiles: int = 2) -> Path:
+    """A LoveDA-style folder cut from the synthetic landscape: PNG images, annotations 1..6
+    (synthetic class + 1), 0 (no data) in a corner."""
+    with rasterio.open(out / "scene.tif") as ds:
+        image = ds.read()
+    with rasterio.open(out / "labels.tif") as ds:
+        labels = ds.read(1)
+    for d in ("img_dir", "ann_dir"):
+        (root / d).mkdir(parents=True)
+    half = SIZE // 2
+    for k in range(tiles):
+        rows = slice(k * half, (k + 1) * half)
+        ann = labels[rows, :half].astype(np.uint8) + 1
+        ann[:20, :20] = 0
+        with rasterio.open(root / "img_dir" / f"{k}.png", "w", driver="PNG", width=half,
+                           height=half, count=3, dtype="uint8") as dst:
+            dst.write(image[:, rows, :half])
+        with rasterio.open(root / "ann_dir" / f"{k}.png", "w", driver="PNG", width=half,
+                           height=half, count=1, dtype="uint8") as dst:
+            dst.write(ann, 1)
+    return root
+
+
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+def test_model_against_a_dataset_folder(land, land_model, tmp_path):
+    from glnet.cli import main
+    from glnet.evaluate import evaluate_model_on_dataset
+    from glnet.segment import SegmentOptions, segment
+
+    out, _, _ = land
+    folder = _loveda_folder(tmp_path / "loveda", out)
+    model = tmp_path / "loveda.glnet"
+    assert main(["train", "--dataset", str(folder), "-o", str(model), *TINY_TRAIN]) == 0
+    res = evaluate_model_on_dataset(model, folder, segment_options=SegmentOptions(threads=1))
+    # The same as segmenting each tile and counting its annotation (1..7 -> 0..6, 0 not counted).
+    expected = ConfusionMatrix(7)
+    for k in range(2):
+        segment(folder / "img_dir" / f"{k}.png", model, tmp_path / f"m{k}.tif",
+                SegmentOptions(threads=1, overviews=False))
+        with rasterio.open(tmp_path / f"m{k}.tif") as ds:
+            pred = ds.read(1)
+        with rasterio.open(folder / "ann_dir" / f"{k}.png") as ds:
+            ann = ds.read(1).astype(np.int64)
+        expected.update(pred, ann - 1, (ann > 0) & (pred != 255))
+    assert np.array_equal(res.matrix.matrix, expected.matrix)
+    assert res.matrix.total == 2 * (SIZE // 2) ** 2 - 2 * 400 and res.skipped_pixels == 800
+    assert res.class_names[:3] == ["background", "building", "road"]
+    # A model with other classes is refused before anything is segmented.
+    with pytest.raises(GlnetError, match=r"loveda: its classes \(background, building.*\) are "
+                                         r"not the model's \(grassland, agriculture"):
+        evaluate_model_on_dataset(land_model, folder)
+
+
+def test_model_bad_inputs(land, land_model, tmp_path):
+    out, labels, profile = land
+    bad = labels.copy()
+    bad[5, 5] = 9
+    ref = _write(tmp_path / "nine.tif", bad, profile)
+    t0 = time.monotonic()
+    res = subprocess.run([GLNET, "evaluate", "-m", str(land_model), str(out / "scene.tif"),
+                          str(ref)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1
+    assert res.stderr.strip() == (
+        f"glnet evaluate: error: {ref}: reference has class values 9 that the model does not "
+        "have (its classes: 0 grassland, 1 agriculture, 2 barren, 3 forest, 4 water, 5 road)")
+    assert time.monotonic() - t0 < 60  # refused before segmenting
+    # polygons with a class value the model lacks: found once they are read
+    poly = tmp_path / "poly.gpkg"
+    with fiona.open(poly, "w", driver="GPKG", crs=profile["crs"].to_wkt(),
+                    schema={"geometry": "Polygon", "properties": {"class_id": "int"}}) as dst:
+        t = profile["transform"]
+        x, y = t.c + 10, t.f - 10
+        dst.write({"geometry": {"type": "Polygon", "coordinates": [[(x, y), (x + 50, y),
+                                                                     (x + 50, y - 50), (x, y)]]},
+                   "properties": {"class_id": 7}})
+    from glnet.evaluate import evaluate_model
+
+    with pytest.raises(GlnetError, match="poly.gpkg: reference has class values 7 that the model"):
+        evaluate_model(land_model, out / "scene.tif", poly)
+    with pytest.raises(GlnetError, match=r"--ignore-classes: 6 not among the model's classes 0\.\.5"):
+        evaluate_model(land_model, out / "scene.tif", out / "labels.tif", ignore_classes=[6])
+    with pytest.raises(GlnetError, match="missing.tif: file not found"):
+        evaluate_model(land_model, tmp_path / "missing.tif", out / "labels.tif")
+    # usage errors: exit 2 with the usage line
+    for args, text in ((["-m", str(land_model), str(out / "scene.tif")], "give SCENE and REF"),
+                       (["--dataset", str(tmp_path)], "--dataset needs a model"),
+                       (["-m", str(land_model), "--dataset", str(tmp_path), str(ref)],
+                        "give no SCENE or REF"),
+                       ([str(ref), str(ref), "--threads", "2"], "--threads applies with -m")):
+        res = subprocess.run([GLNET, "evaluate", *args], capture_output=True, text=True, timeout=60)
+        assert res.returncode == 2 and text in res.stderr and "usage:" in res.stderr, res.stderr
