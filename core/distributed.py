@@ -3,9 +3,10 @@
 ``segment_scenes(scenes, model, outputs, options, client)`` plans every scene on
 the client (all input and output checks happen before any work), cuts each
 scene's rows into *strips* of context windows (``windows.strips``) so that the
-cluster has about ``strips_per_worker`` tasks per worker, and submits one Dask
-task per strip. A task reads its windows straight from the source raster
-(local path or a GDAL virtual file system path such as ``/vsicurl/`` or
+cluster has about ``strips_per_worker`` tasks per worker (default one: each cut
+costs a row of windows computed twice), and submits one Dask task per strip. A
+task reads its windows straight from the source raster (local path or a GDAL
+virtual file system path such as ``/vsicurl/`` or
 ``/vsis3/``), runs the model that its worker loaded once (``ModelPlugin``), and
 writes its rows to a part file, renamed into place only when complete. When
 all strips of a scene are done, the client copies the parts into one tiled
@@ -154,7 +155,7 @@ class _Scene:
     windows: int
 
 
-def plan_strips(jobs: Sequence[SegmentJob], workers: int, strips_per_worker: int = 2
+def plan_strips(jobs: Sequence[SegmentJob], workers: int, strips_per_worker: int = 1
                 ) -> list[list[Strip]]:
     """Strips of each job: about ``strips_per_worker`` tasks per worker in all.
 
@@ -190,7 +191,7 @@ def output_paths(scenes: Sequence[str | Path], output: Path) -> list[Path]:
 
 def segment_scenes(scenes: Sequence[str | Path], model: str | Path, outputs: Sequence[Path],
                    options: SegmentOptions | None, client, progress: ProgressFn | None = None,
-                   cancel: Callable[[], bool] | None = None, strips_per_worker: int = 2
+                   cancel: Callable[[], bool] | None = None, strips_per_worker: int = 1
                    ) -> list[SegmentResult]:
     """Segment ``scenes`` into ``outputs`` on the Dask cluster behind ``client``.
 
