@@ -560,7 +560,7 @@ def segment(scene: str | Path, model, output: str | Path, options: SegmentOption
             return [run_strip(job, net, whole, work.mask, work.probabilities,
                               lambda f: report(0.9 * f if not job.resampled else 0.8 * f))]
 
-    result = run_job(job, run, report, direct=True)
+    result = run_job(job, run, report)
     result.seconds = time.perf_counter() - started
     if progress is not None:
         progress(1.0)
@@ -576,11 +576,11 @@ class WorkFiles:
 
 
 def run_job(job: SegmentJob, run: Callable[[SegmentJob, WorkFiles, _Progress], list[StripResult]],
-            report, direct: bool = False) -> SegmentResult:
-    """Run ``job``: ``run`` segments its strips into ``WorkFiles``; then finish the outputs.
+            report) -> SegmentResult:
+    """Run ``job``: ``run`` fills the ``WorkFiles``; then finish the outputs.
 
-    With ``direct`` the single strip writes the work files itself; otherwise
-    ``run`` writes parts elsewhere and assembles them (``assemble_parts``).
+    ``run`` either segments the whole region into the work files (``segment``)
+    or assembles strips segmented elsewhere into them (``assemble_parts``).
     Every output goes to a temporary file beside its destination, renamed at
     the end; on any failure nothing is left.
     """
