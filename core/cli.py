@@ -87,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone-weights", type=Path, help="local torchvision ResNet ImageNet weights")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--threads", type=int, help="CPU threads")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--resume", action="store_true", help="continue from MODEL.ckpt")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model file")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -323,7 +324,7 @@ def _train(args: argparse.Namespace) -> int:
         epochs=per_stage["epochs"], lr=per_stage["lr"], windows_per_epoch=args.windows_per_epoch,
         max_minutes=args.max_minutes, val_fraction=args.val_fraction, balance=args.balance,
         seed=args.seed, backbone_weights=str(args.backbone_weights) if args.backbone_weights else None,
-        threads=args.threads, loss=TrainConfig(patches_per_window=args.patches_per_window))
+        threads=args.threads, device=args.device, loss=TrainConfig(patches_per_window=args.patches_per_window))
 
     report = _progress(args, "training")
     result = train(scenes, classes, args.output, options, resume=args.resume,

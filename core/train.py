@@ -67,6 +67,7 @@ class TrainOptions:
         seed: makes runs repeatable.
         backbone_weights: local torchvision ResNet ImageNet weights for both branches.
         threads: torch CPU threads (default: torch's choice).
+        device: ``cpu`` or ``cuda[:n]``; the model file is written the same either way.
         stats_windows: windows sampled to compute the band statistics.
         loss: losses, optimiser and per-stage defaults.
     """
@@ -88,6 +89,7 @@ class TrainOptions:
     seed: int = 0
     backbone_weights: str | None = None
     threads: int | None = None
+    device: str = "cpu"
     stats_windows: int = 16
     loss: TrainConfig = field(default_factory=TrainConfig)
 
@@ -153,12 +155,26 @@ def evaluate_windows(model: GLNet, meta: ModelMeta, scenes: Sequence[TrainingSce
     n = meta.net.num_classes
     conf = ConfusionMatrix(n)
     model.eval()
+    device = next(model.parameters()).device
     for rect in windows:
         image, labels, valid = scenes[rect.scene].read(rect.window(), n)
-        x = to_tensor(image, meta.mean, meta.std, valid)
-        pred = predict_window(model, x, mode=mode).probabilities.argmax(0).numpy()
+        x = to_tensor(image, meta.mean, meta.std, valid).to(device)
+        pred = predict_window(model, x, mode=mode).probabilities.argmax(0).cpu().numpy()
         conf.update(pred, labels, labels != IGNORE)
     return conf
+
+
+def check_device(name: str) -> torch.device:
+    """``name`` as a torch device, or a clear error if torch cannot use it."""
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise GlnetError(f"device {name!r} asked for, but no CUDA GPU is available to torch")
+    elif name != "cpu":
+        raise GlnetError(f"device must be 'cpu' or 'cuda', not {name!r}")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise GlnetError(f"device {name!r}: {exc}") from None
 
 
 def checkpoint_path(output: str | Path) -> Path:
@@ -193,6 +209,10 @@ def _train(scenes, classes, output, options: TrainOptions, resume: bool, log, pr
         stale.unlink(missing_ok=True)
     if options.threads:
         torch.set_num_threads(options.threads)
+    device = check_device(options.device)
+    if ranks.active and device.type != "cpu":
+        raise GlnetError("training in several processes (torchrun) runs on the CPU only; "
+                         "leave out --device")
     torch.manual_seed(options.seed)
     # Rank 0 draws the windows a single process would; the others their own.
     rng = np.random.default_rng(options.seed if ranks.main else [options.seed, ranks.rank])
@@ -221,6 +241,7 @@ def _train(scenes, classes, output, options: TrainOptions, resume: bool, log, pr
 
         load_imagenet_weights(model.global_backbone, options.backbone_weights)
         load_imagenet_weights(model.local_backbone, options.backbone_weights)
+    model.to(device)
 
     stages = tuple(options.stages)
     history: list[dict] = []
@@ -296,7 +317,8 @@ def _train(scenes, classes, output, options: TrainOptions, resume: bool, log, pr
                     image, labels, valid = scenes[rect.scene].read(rect.window(), net.num_classes)
                     x = to_tensor(image, meta.mean, meta.std, valid)[0].numpy()
                     x, labels = augment(x, labels, rng)
-                    windows.append((torch.from_numpy(x)[None], torch.from_numpy(labels)[None]))
+                    windows.append((torch.from_numpy(x)[None].to(device),
+                                    torch.from_numpy(labels)[None].to(device)))
                 result = train_step(model, windows, optimizer, cfg)
                 losses.append(result.total)
                 if progress is not None:

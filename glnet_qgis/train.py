@@ -18,6 +18,7 @@ from qgis.core import (
 )
 
 from .algorithm import GlnetAlgorithm, advanced, float_list, int_list, join
+from .segment import DEVICES
 
 PRESETS = ("fast", "official")
 UNLABELLED = ("background", "ignore")
@@ -49,6 +50,7 @@ class TrainAlgorithm(GlnetAlgorithm):
     BACKBONE_WEIGHTS = "BACKBONE_WEIGHTS"
     SEED = "SEED"
     THREADS = "THREADS"
+    DEVICE = "DEVICE"
     RESUME = "RESUME"
     OUTPUT = "OUTPUT"
     BEST_MIOU = "BEST_MIOU"
@@ -78,8 +80,8 @@ class TrainAlgorithm(GlnetAlgorithm):
             "MODEL.ckpt beside the output lets 'Resume' continue an interrupted run.\n\n"
             "Advanced: the network preset, window, patch and global sizes (default: the "
             "preset's, the window may be smaller than the images), stages, epochs and learning "
-            "rates per stage (e.g. 20,20,10), windows per epoch, a time budget, random seed "
-            "and CPU threads.\n\n"
+            "rates per stage (e.g. 20,20,10), windows per epoch, a time budget, random seed, "
+            "CPU threads, and the device (cpu, or cuda for an NVIDIA GPU).\n\n"
             "Runs in the GLNet engine's own Python environment (see the GLNET_PYTHON setting), "
             "never inside QGIS."
         )
@@ -143,6 +145,8 @@ class TrainAlgorithm(GlnetAlgorithm):
         self.addParameter(advanced(QgsProcessingParameterNumber(
             self.THREADS, self.tr("CPU threads (empty: all)"), QgsProcessingParameterNumber.Integer,
             optional=True, minValue=1)))
+        self.addParameter(advanced(QgsProcessingParameterEnum(
+            self.DEVICE, self.tr("Device"), options=list(DEVICES), defaultValue=0)))
         self.addParameter(advanced(QgsProcessingParameterBoolean(
             self.RESUME, self.tr("Resume from the checkpoint beside the output"),
             defaultValue=False)))
@@ -184,6 +188,7 @@ class TrainAlgorithm(GlnetAlgorithm):
         if bands:
             args += ["--bands", join(bands)]
         args += ["--preset", PRESETS[self.parameterAsEnum(parameters, self.PRESET, context)]]
+        args += ["--device", DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)]]
         for key, flag in ((self.WINDOW, "--window"), (self.PATCH, "--patch"),
                           (self.GLOBAL_SIZE, "--global-size"),
                           (self.WINDOWS_PER_EPOCH, "--windows-per-epoch"),

@@ -125,6 +125,32 @@ def test_bad_inputs(tmp_path):
     assert res.returncode == 1 and "notes.tif: not a raster" in res.stderr and "Traceback" not in res.stderr
 
 
+def test_device_choice(tmp_path):
+    img, lab = _write_pair(tmp_path)
+    out = tmp_path / "m.glnet"
+    asks = [("tpu", "device must be 'cpu' or 'cuda', not 'tpu'")]
+    if not torch.cuda.is_available():
+        asks.append(("cuda", "device 'cuda' asked for, but no CUDA GPU is available to torch"))
+    for device, message in asks:
+        res = subprocess.run([sys.executable, "-m", "glnet.cli", "train", str(img), "--labels",
+                              str(lab), "-o", str(out), "--device", device, *TINY],
+                             capture_output=True, text=True)
+        assert res.returncode == 1 and message in res.stderr and "Traceback" not in res.stderr
+        assert not out.exists() and list(tmp_path.glob("*.glnet*")) == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_train_on_cuda(tmp_path):
+    img, lab = _write_pair(tmp_path)
+    out = tmp_path / "m.glnet"
+    # No validation area: the model of the last stage is kept, whatever its score.
+    assert main(["train", str(img), "--labels", str(lab), "-o", str(out), "--device", "cuda",
+                 "--epochs", "2", "--val-fraction", "0", *TINY]) == 0
+    model, meta = load_model(out)
+    assert meta.stages == (1, 2, 3)
+    assert all(p.device.type == "cpu" for p in model.parameters())
+
+
 def _classes(path):
     from glnet.labels import read_classes_json
 
