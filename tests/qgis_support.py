@@ -14,6 +14,7 @@ import importlib.util
 import json
 import os
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -43,6 +44,11 @@ def isolated_env(home: Path, plugin_path: Path | None) -> dict[str, str]:
     """The environment of a QGIS run whose profile and settings live under ``home``."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("QGIS_", "PYTHON", "XDG_", "GLNET_")) and k != "VIRTUAL_ENV"}
+    # QGIS's embedded Python takes its prefix from the first python3 on PATH: an activated
+    # virtual environment would hand it a standard library without Debian's qgis module.
+    venv_bin = os.path.join(os.environ.get("VIRTUAL_ENV", sys.prefix), "bin")
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
+                                  if os.path.normpath(p) != os.path.normpath(venv_bin))
     runtime = home / "runtime"
     runtime.mkdir(mode=0o700, parents=True, exist_ok=True)
     env.update(
