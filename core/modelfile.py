@@ -220,16 +220,39 @@ def save_model(model, meta: ModelMeta, path: str | Path) -> Path:
     The file is written to a temporary name in the same folder and renamed, so
     an interrupted save never leaves a half-written model where one is expected.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     if meta.net != model.cfg:
         raise ValueError("metadata describes another network than the model")
     path = Path(path)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     header = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "glnet": meta.to_json()}
+    head, data = _canonical_header(save(state, metadata=header))
     with atomic_output(path) as tmp:
-        save_file(state, str(tmp), metadata=header)
+        _write_parts(tmp, head, data)
     return path
+
+
+def _write_parts(path: Path, *parts) -> None:
+    with open(path, "wb") as f:
+        for part in parts:
+            f.write(part)
+
+
+def _canonical_header(blob: bytes) -> tuple[bytes, memoryview]:
+    """Split a safetensors file into a header with sorted metadata and the data.
+
+    The library writes the metadata in hash-map order, which changes from run
+    to run; sorting it makes the same weights and metadata the same bytes, so
+    model files can be compared by checksum.
+    """
+    (length,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8:8 + length])
+    ordered = {"__metadata__": dict(sorted(header.pop("__metadata__", {}).items()))}
+    ordered.update(header)
+    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # the data stays 8-byte aligned, as the library keeps it
+    return struct.pack("<Q", len(text)) + text, memoryview(blob)[8 + length:]
 
 
 def load_model(path: str | Path, device: str = "cpu"):

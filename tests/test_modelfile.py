@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import pickle
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -50,6 +52,28 @@ def test_round_trip(tmp_path, tiny_cfg):
     torch.testing.assert_close(predict_window(model, window).probabilities,
                                predict_window(loaded, window).probabilities)
     assert [p.name for p in tmp_path.iterdir()] == ["m.glnet"]  # no temporary left
+
+
+def test_same_model_same_bytes(tmp_path, tiny_cfg):
+    # The metadata order of safetensors' writer changes between processes; ours is sorted.
+    torch.manual_seed(0)
+    model = GLNet(tiny_cfg, context_branch=True).eval()
+    meta = _meta(tiny_cfg, notes="Białowieża \u2028 \"quoted\"")
+    paths = [save_model(model, meta, tmp_path / f"{i}.glnet") for i in range(2)]
+    script = ("import sys; from glnet.modelfile import load_model, save_model; "
+              "m, meta = load_model(sys.argv[1]); save_model(m, meta, sys.argv[2])")
+    subprocess.run([sys.executable, "-c", script, str(paths[0]), str(tmp_path / "other.glnet")],
+                   check=True)
+    blobs = {p.read_bytes() for p in [*paths, tmp_path / "other.glnet"]}
+    assert len(blobs) == 1
+    blob = blobs.pop()
+    (length,) = struct.unpack("<Q", blob[:8])
+    assert length % 8 == 0 and list(json.loads(blob[8:8 + length])["__metadata__"]) == [
+        "format", "format_version", "glnet"]
+    assert read_metadata(paths[0]) == meta
+    loaded, _ = load_model(paths[0])
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k]), k
 
 
 def test_pickle_disguised_as_model_is_refused_without_running(tmp_path):
@@ -125,15 +149,16 @@ def test_weights_that_do_not_match_the_metadata(tmp_path, tiny_cfg):
 
 
 def test_save_is_atomic_when_interrupted(tmp_path, tiny_cfg, monkeypatch):
-    import safetensors.torch as st
+    import glnet.modelfile as mf
 
     path = tmp_path / "m.glnet"
     path.write_bytes(b"old model")
 
-    def failing(*args, **kwargs):
+    def failing(target, head, data):  # interrupted after the header is on disk
+        Path(target).write_bytes(head)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(st, "save_file", failing)
+    monkeypatch.setattr(mf, "_write_parts", failing)
     with pytest.raises(KeyboardInterrupt):
         save_model(GLNet(tiny_cfg), _meta(tiny_cfg), path)
     assert path.read_bytes() == b"old model"
