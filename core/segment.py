@@ -649,7 +649,14 @@ def _load(model, model_path: Path | None, opts: SegmentOptions):
         net, meta = load_model(model_path, device=device)
     else:
         net, meta = model
-        net = net.to(device).eval()
+        target = torch.device(device)
+        here = next(net.parameters()).device
+        same_device = here.type == target.type and target.index in (None, here.index)
+        if not same_device or net.training:
+            # The caller's model stays where and as it was (a training loop may own it).
+            import copy
+
+            net = copy.deepcopy(net).to(target).eval()
     return net, meta
 
 

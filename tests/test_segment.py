@@ -211,6 +211,32 @@ def _distance_to_edges(labels: np.ndarray, limit: int = 8) -> np.ndarray:
     return dist
 
 
+def test_a_model_in_training_mode_is_left_as_it_was(trained, tmp_path):
+    model, meta = trained
+    image, _ = fm.landscape(96, 128, seed=3, cell=48)
+    scene = write_scene(tmp_path / "scene.tif", image, nodata=None)
+    model.train()
+    try:
+        segment(scene, (model, meta), tmp_path / "a.tif", OPTS)
+        assert model.training  # segment predicted with an eval-mode copy
+    finally:
+        model.eval()
+    segment(scene, (model, meta), tmp_path / "b.tif", OPTS)
+    assert np.array_equal(read(tmp_path / "a.tif")[0], read(tmp_path / "b.tif")[0])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_segment_on_cuda_matches_cpu(trained, tmp_path):
+    image, labels = fm.landscape(480, 640, seed=5, cell=160)
+    scene = write_scene(tmp_path / "scene.tif", image, nodata=None)
+    segment(scene, trained, tmp_path / "cpu.tif", OPTS)
+    segment(scene, trained, tmp_path / "gpu.tif", OPTS.replace(device="cuda"))
+    assert all(p.device.type == "cpu" for p in trained[0].parameters())  # the caller's model
+    cpu, gpu = read(tmp_path / "cpu.tif"), read(tmp_path / "gpu.tif")
+    assert (cpu[0] == gpu[0]).mean() >= 0.999 and (gpu[0] == labels).mean() > 0.95
+    assert cpu[1] == gpu[1]  # CRS, transform, tiling of the mask
+
+
 def test_two_window_grids_agree_without_seams(trained, tmp_path):
     image, labels = fm.landscape(480, 640, seed=5, cell=160)
     scene = write_scene(tmp_path / "scene.tif", image, nodata=None)
