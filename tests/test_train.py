@@ -22,6 +22,7 @@ from glnet.datasets import scenes_from_folder, scenes_from_pairs
 from glnet.errors import GlnetError
 from glnet.labels import VectorLabels
 from glnet.modelfile import load_model, read_metadata
+from glnet.train import Prefetcher
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 SPACENET = REAL / "spacenet-atlanta-buildings"
@@ -149,6 +150,47 @@ def test_train_on_cuda(tmp_path):
     model, meta = load_model(out)
     assert meta.stages == (1, 2, 3)
     assert all(p.device.type == "cpu" for p in model.parameters())
+
+
+def test_prefetcher_hands_over_batches_in_order_and_rewinds_the_rest():
+    rng, plain = np.random.default_rng(7), np.random.default_rng(7)
+    batches = Prefetcher(lambda: rng.integers(1000, size=3).tolist(), rng, 10)
+    taken = [batches.next() for _ in range(4)]
+    time.sleep(0.3)  # the thread makes batches 5 and 6 meanwhile
+    batches.close()
+    assert taken == [plain.integers(1000, size=3).tolist() for _ in range(4)]
+    # After closing, the generator draws what it would have drawn without prefetching.
+    assert rng.integers(1000, size=5).tolist() == plain.integers(1000, size=5).tolist()
+
+
+def test_prefetching_trains_the_same_model(tmp_path):
+    from glnet.config import TrainConfig
+    from glnet.train import TrainOptions, train
+
+    img, lab = _write_pair(tmp_path)
+    scenes, classes = scenes_from_pairs([img], [lab])
+    states = []
+    for prefetch in (False, True):
+        options = TrainOptions(window_size=128, patch_size=64, global_size=64,
+                               epochs={1: 2, 2: 2, 3: 1}, threads=2, prefetch=prefetch,
+                               loss=TrainConfig(patches_per_window=2))
+        out = tmp_path / f"{prefetch}.glnet"
+        result = train(scenes, classes, out, options, log=lambda text: None)
+        assert result.stages_done == (1, 2, 3)
+        states.append(load_model(out)[0].state_dict())
+    assert states[0].keys() == states[1].keys()
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    assert (tmp_path / "False.glnet").read_bytes() == (tmp_path / "True.glnet").read_bytes()
+
+
+def test_prefetcher_raises_what_making_a_batch_raised():
+    def broken():
+        raise GlnetError("labels.tif: label value 9 is outside the classes 0..2")
+
+    batches = Prefetcher(broken, np.random.default_rng(0), 3)
+    with pytest.raises(GlnetError, match="labels.tif: label value 9"):
+        batches.next()
+    batches.close()
 
 
 def _classes(path):
