@@ -636,20 +636,14 @@ def _remove(path: Path) -> None:
 
 
 def _load(model, model_path: Path | None, opts: SegmentOptions):
-    import torch
-
     from .modelfile import load_model
+    from .tensors import check_device
 
-    device = opts.device
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise GlnetError("device 'cuda' asked for, but no CUDA GPU is available to torch")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise GlnetError(f"device must be 'cpu' or 'cuda', not {device!r}")
+    target = check_device(opts.device)
     if model_path is not None:
-        net, meta = load_model(model_path, device=device)
+        net, meta = load_model(model_path, device=opts.device)
     else:
         net, meta = model
-        target = torch.device(device)
         here = next(net.parameters()).device
         same_device = here.type == target.type and target.index in (None, here.index)
         if not same_device or net.training:

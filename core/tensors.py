@@ -63,3 +63,18 @@ class BandStatistics:
         var = np.maximum(self.sumsq / self.n - mean * mean, 0.0)
         std = np.maximum(np.sqrt(var), 1e-6)
         return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+def check_device(name: str) -> torch.device:
+    """``name`` (``cpu`` or ``cuda[:n]``) as a torch device, or a clear error if torch cannot use it."""
+    from .errors import GlnetError
+
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise GlnetError(f"device {name!r} asked for, but no CUDA GPU is available to torch")
+    elif name != "cpu":
+        raise GlnetError(f"device must be 'cpu' or 'cuda', not {name!r}")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise GlnetError(f"device {name!r}: {exc}") from None

@@ -35,7 +35,7 @@ from .metrics import ConfusionMatrix
 from .modelfile import ClassInfo, ModelMeta, save_model
 from .predict import predict_window
 from .stages import make_optimizer, poly_factor, train_step
-from .tensors import BandStatistics, to_tensor
+from .tensors import BandStatistics, check_device, to_tensor
 
 CHECKPOINT_FORMAT = "glnet-qgis-checkpoint"
 # Share of the time budget each stage gets; time a stage leaves over goes on.
@@ -236,19 +236,6 @@ class _Inline:
 
     def close(self) -> None:
         pass
-
-
-def check_device(name: str) -> torch.device:
-    """``name`` as a torch device, or a clear error if torch cannot use it."""
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise GlnetError(f"device {name!r} asked for, but no CUDA GPU is available to torch")
-    elif name != "cpu":
-        raise GlnetError(f"device must be 'cpu' or 'cuda', not {name!r}")
-    try:
-        return torch.device(name)
-    except RuntimeError as exc:
-        raise GlnetError(f"device {name!r}: {exc}") from None
 
 
 def checkpoint_path(output: str | Path) -> Path:

@@ -225,6 +225,18 @@ def test_a_model_in_training_mode_is_left_as_it_was(trained, tmp_path):
     assert np.array_equal(read(tmp_path / "a.tif")[0], read(tmp_path / "b.tif")[0])
 
 
+def test_an_unusable_device_is_a_clear_error(trained, tmp_path):
+    image, _ = fm.landscape(96, 128, seed=3, cell=48)
+    scene = write_scene(tmp_path / "scene.tif", image, nodata=None)
+    asks = {"tpu": "device must be 'cpu' or 'cuda', not 'tpu'"}
+    if not torch.cuda.is_available():
+        asks["cuda"] = "device 'cuda' asked for, but no CUDA GPU is available to torch"
+    for device, message in asks.items():
+        with pytest.raises(GlnetError, match=message):
+            segment(scene, trained, tmp_path / "mask.tif", OPTS.replace(device=device))
+        assert not (tmp_path / "mask.tif").exists()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_segment_on_cuda_matches_cpu(trained, tmp_path):
     image, labels = fm.landscape(480, 640, seed=5, cell=160)
