@@ -68,11 +68,10 @@ def shift_floor(scene, model_path, side: int, shifts, device: str, threads,
                       for r in (side // 4 - size // 2, 3 * side // 4 - size // 2)
                       for c in (side // 4 - size // 2, 3 * side // 4 - size // 2)})
 
-    def classes(top: int, left: int, n: int = size):
-        with rasterio.open(scene) as ds:
-            window = Window(left, top, n, n)
-            image = ds.read(window=window, boundless=True)
-            valid = ds.read_masks(1, window=window, boundless=True) > 0
+    def classes(ds, top: int, left: int, n: int = size):
+        window = Window(left, top, n, n)
+        image = ds.read(window=window, boundless=True)
+        valid = ds.read_masks(1, window=window, boundless=True) > 0
         x = to_tensor(image, meta.mean, meta.std, valid).to(device)
         with torch.no_grad():
             probs = predict_window(model, x, smooth_patches=True).probabilities
@@ -85,21 +84,22 @@ def shift_floor(scene, model_path, side: int, shifts, device: str, threads,
         same[key] = same.get(key, 0) + int((a == b).sum())
         count[key] = count.get(key, 0) + a.size
 
-    for top, left in corners:
-        base = classes(top, left)
-        for s in shifts:
-            moved = classes(top + s, left + s)
-            tally(str(s), base[margin + s:size - margin + s, margin + s:size - margin + s],
-                  moved[margin:size - margin, margin:size - margin])
-        if other_size and other_size != size:
-            n = min(other_size, size)
-            off = (size - other_size) // 2  # negative for a larger window
-            other = classes(top + off, left + off, other_size)
-            inner = n // 4
-            lo = max(off, 0) + inner  # the inner half of the smaller window, in base's frame
-            a = base[lo:lo + n - 2 * inner, lo:lo + n - 2 * inner]
-            b = other[lo - off:lo - off + n - 2 * inner, lo - off:lo - off + n - 2 * inner]
-            tally(f"size {other_size}", a, b)
+    with rasterio.open(scene) as ds:
+        for top, left in corners:
+            base = classes(ds, top, left)
+            for s in shifts:
+                moved = classes(ds, top + s, left + s)
+                tally(str(s), base[margin + s:size - margin + s, margin + s:size - margin + s],
+                      moved[margin:size - margin, margin:size - margin])
+            if other_size and other_size != size:
+                n = min(other_size, size)
+                off = (size - other_size) // 2  # negative for a larger window
+                other = classes(ds, top + off, left + off, other_size)
+                inner = n // 4
+                lo = max(off, 0) + inner  # the inner half of the smaller window, in base's frame
+                a = base[lo:lo + n - 2 * inner, lo:lo + n - 2 * inner]
+                b = other[lo - off:lo - off + n - 2 * inner, lo - off:lo - off + n - 2 * inner]
+                tally(f"size {other_size}", a, b)
     return {k: same[k] / count[k] for k in same}
 
 
