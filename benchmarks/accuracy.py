@@ -148,29 +148,33 @@ def loveda_data(work: Path, source: Path, holdout: float) -> dict:
 # --------------------------------------------------------------------------- methods
 
 
-def method_options(method: str, args: argparse.Namespace):
+def method_options(method: str, args: argparse.Namespace, seed: int):
     from glnet.config import TrainConfig
     from glnet.train import TrainOptions
 
-    common = dict(preset="fast", val_fraction=0.0, seed=args.seed, threads=args.threads,
+    common = dict(preset=args.preset, val_fraction=0.0, seed=seed, threads=args.threads,
                   loss=TrainConfig(patches_per_window=args.patches_per_step))
-    lr = dict(zip((1, 2, 3), args.lr * 3 if len(args.lr) == 1 else args.lr))
+    if args.lr:
+        lr = dict(zip((1, 2, 3), args.lr * 3 if len(args.lr) == 1 else args.lr))
+    else:  # the training defaults of the preset (pretrained or not)
+        lr = {}
     if method == "GLNet":
-        per_stage = args.steps // 3
+        s = args.steps // 3
         return TrainOptions(window_size=args.window, global_size=args.global_size,
-                            patch_size=args.patch, stages=(1, 2, 3),
-                            epochs={1: 1, 2: 1, 3: 1}, windows_per_epoch=per_stage,
-                            windows_per_step={1: 1, 2: 1, 3: 1}, lr=lr, **common)
+                            patch_size=args.patch, stages=(1, 2, 3), steps={1: s, 2: s, 3: s},
+                            windows_per_epoch=s, windows_per_step={1: 1, 2: 1, 3: 1}, lr=lr,
+                            **common)
+    first = {1: lr[1]} if lr else {}
     if method == "global only":
         return TrainOptions(window_size=args.window, global_size=args.global_size,
-                            patch_size=args.patch, stages=(1,), epochs={1: 1},
+                            patch_size=args.patch, stages=(1,), steps={1: args.steps},
                             windows_per_epoch=args.steps, windows_per_step={1: 1},
-                            lr={1: lr[1]}, **common)
+                            lr=first, **common)
     if method == "local only":
         k = args.patches_per_step
         return TrainOptions(window_size=args.patch, global_size=args.patch, patch_size=args.patch,
-                            stages=(1,), epochs={1: 1}, windows_per_epoch=k * args.steps,
-                            windows_per_step={1: k}, lr={1: lr[1]}, **common)
+                            stages=(1,), steps={1: args.steps}, windows_per_epoch=k * args.steps,
+                            windows_per_step={1: k}, lr=first, **common)
     raise ValueError(method)
 
 
@@ -188,7 +192,8 @@ def budget_of(method: str, args: argparse.Namespace) -> dict:
             "geometry": f"{args.patch} / {args.patch} / {args.patch}"}
 
 
-def run_method(dataset: str, method: str, data: dict, args: argparse.Namespace, work: Path) -> dict:
+def run_method(dataset: str, method: str, data: dict, args: argparse.Namespace, work: Path,
+               seed: int) -> dict:
     from glnet.datasets import scenes_from_folder, scenes_from_pairs
     from glnet.evaluate import evaluate_model, evaluate_model_on_dataset
     from glnet.modelfile import read_metadata
@@ -202,11 +207,11 @@ def run_method(dataset: str, method: str, data: dict, args: argparse.Namespace, 
                                                 [data["train"] / "labels.tif"])
         else:
             scenes, classes = scenes_from_folder(data["train"])
-        model = work / f"{dataset}-{method.replace(' ', '-')}.glnet"
+        model = work / f"{dataset}-{method.replace(' ', '-')}-{args.preset}-{seed}.glnet"
         for stale in (model, model.with_name(model.name + ".ckpt")):
             stale.unlink(missing_ok=True)
-        options = method_options(method, args)
-        log(f"== {dataset}: {method}: training")
+        options = method_options(method, args, seed)
+        log(f"== {dataset}: {method}: seed {seed}: training")
         t0 = time.perf_counter()
         result = train(scenes, classes, model, options, log=lambda text: log(f"   {text}"))
         train_s = time.perf_counter() - t0
@@ -222,7 +227,7 @@ def run_method(dataset: str, method: str, data: dict, args: argparse.Namespace, 
             ev = evaluate_model_on_dataset(model, data["test"], segment_options=seg)
         score_s = time.perf_counter() - t0
     m = ev.matrix
-    out = {"dataset": dataset, "method": method, "miou": float(m.miou()),
+    out = {"dataset": dataset, "method": method, "seed": seed, "miou": float(m.miou()),
            "overall_accuracy": float(m.overall_accuracy()),
            "iou": {name: (None if np.isnan(v) else float(v)) for name, v in zip(ev.class_names, m.iou())},
            "ref_pixels": {name: int(v) for name, v in zip(ev.class_names, m.ref_counts)},
@@ -241,21 +246,49 @@ def run_method(dataset: str, method: str, data: dict, args: argparse.Namespace, 
 # --------------------------------------------------------------------------- report
 
 
+def summarise(runs: list[dict]) -> dict:
+    """One method's runs over seeds: mean and spread (half the range) of each score."""
+    def stat(values):
+        values = [v for v in values if v is not None]
+        if not values:
+            return None
+        return {"mean": float(np.mean(values)), "spread": float((max(values) - min(values)) / 2)}
+
+    names = list(runs[0]["iou"])
+    return {"method": runs[0]["method"], "seeds": [r["seed"] for r in runs],
+            "miou": stat([r["miou"] for r in runs]),
+            "miou_per_seed": [round(r["miou"], 4) for r in runs],
+            "overall_accuracy": stat([r["overall_accuracy"] for r in runs]),
+            "iou": {n: stat([r["iou"][n] for r in runs]) for n in names},
+            "ref_pixels": runs[0]["ref_pixels"],
+            "pred_pixels": {n: sum(r["pred_pixels"][n] for r in runs) for n in names},
+            "budget": runs[0]["budget"],
+            "train_seconds": float(np.mean([r["train_seconds"] for r in runs]))}
+
+
+def _pm(stat: dict | None) -> str:
+    if stat is None:
+        return "-"
+    return f"{stat['mean']:.3f} ± {stat['spread']:.3f}" if stat["spread"] else f"{stat['mean']:.3f}"
+
+
 def table(rows: list[dict]) -> str:
+    """Markdown table of ``summarise`` rows: mean ± spread over the seeds."""
     names = list(rows[0]["iou"])
     present = [n for n in names if any(r["ref_pixels"][n] for r in rows)]
-    head = ["method", "window / global / patch", "steps", "train s", "mIoU", "OA",
+    head = ["method", "window / global / patch", "steps", "train s", "mIoU", "mIoU per seed", "OA",
             *[f"IoU {n}" for n in present]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    best = max(r["miou"] for r in rows)
+    best = max(r["miou"]["mean"] for r in rows)
     for r in rows:
         b = r["budget"]
         steps = ("+".join(map(str, b["steps_per_stage"])) if "steps_per_stage" in b
                  else str(b["steps"]))
-        miou = f"{r['miou']:.3f}"
+        miou = _pm(r["miou"])
         cells = [r["method"], b["geometry"], steps, f"{r['train_seconds']:.0f}",
-                 f"**{miou}**" if r["miou"] == best else miou, f"{r['overall_accuracy']:.3f}",
-                 *["-" if r["iou"][n] is None else f"{r['iou'][n]:.3f}" for n in present]]
+                 f"**{miou}**" if r["miou"]["mean"] == best else miou,
+                 ", ".join(f"{v:.3f}" for v in r["miou_per_seed"]), _pm(r["overall_accuracy"]),
+                 *[_pm(r["iou"][n]) for n in present]]
         lines.append("| " + " | ".join(cells) + " |")
     absent = [n for n in names if n not in present]
     extra = [f"{r['method']}: {', '.join(n for n in absent if r['pred_pixels'][n])}"
@@ -291,10 +324,12 @@ def main() -> int:
     parser.add_argument("--holdout", type=float, default=0.25,
                         help="right-hand share of each LoveDA tile held out for testing (0.25)")
     parser.add_argument("--loveda", type=Path, default=LOVEDA, help="LoveDA sample folder")
-    parser.add_argument("--lr", type=lambda t: [float(v) for v in t.split(",")], default=[1e-4],
+    parser.add_argument("--lr", type=lambda t: [float(v) for v in t.split(",")], default=None,
                         help="learning rate, or one per GLNet stage (the baselines take the "
-                             "first); default 1e-4 for all (see the module docstring)")
-    parser.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+                             "first); default: the preset's training defaults")
+    parser.add_argument("--preset", default="lite", help="network preset of every method (lite)")
+    parser.add_argument("--seeds", type=lambda t: [int(v) for v in t.split(",")], default=[0, 1],
+                        help="training seeds; scores are mean and spread over them (0,1)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: on a shared CPU a second thread slows "
                              "small windows down)")
@@ -303,7 +338,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.quick:
         args.steps, args.synth_size, args.feature_size = 12, 512, 96.0
-    if len(args.lr) not in (1, 3):
+    if args.lr is not None and len(args.lr) not in (1, 3):
         parser.error("--lr takes one learning rate or three (one per GLNet stage)")
     if args.steps < 3 or args.steps % 3:
         parser.error("--steps must be a positive multiple of 3 (GLNet runs a third per stage)")
@@ -327,19 +362,21 @@ def main() -> int:
     if "loveda" in datasets:
         data["loveda"] = loveda_data(work, args.loveda, args.holdout)
     for dataset in datasets:
-        results[dataset] = [run_method(dataset, m, data[dataset], args, work) for m in methods]
+        results[dataset] = [[run_method(dataset, m, data[dataset], args, work, seed)
+                             for seed in args.seeds] for m in methods]
     minutes = (time.perf_counter() - started) / 60
 
     command = "python benchmarks/accuracy.py" + " ".join([""] + sys.argv[1:])
     print(f"Command: `{command}` ({minutes:.1f} min wall, {args.threads} torch thread(s), "
           f"{platform.processor() or platform.machine()})\n")
-    rates = ", ".join(f"{v:g}" for v in args.lr)
+    rates = ", ".join(f"{v:g}" for v in args.lr) if args.lr else "the preset's defaults"
     k = args.patches_per_step
     parts = {"GLNet": f"GLNet {args.steps // 3} per stage, {k} patches with a loss per window in "
                       "stages 2-3",
              "global only": "global only one window per step",
              "local only": f"local only {k} windows per step"}
-    print(f"Budget: {args.steps} optimiser steps per method, seed {args.seed}, learning rate "
+    print(f"Budget: {args.steps} optimiser steps per method, preset {args.preset}, seeds "
+          f"{', '.join(map(str, args.seeds))}, learning rate "
           f"{rates}; {'; '.join(parts[m] for m in methods)}.\n")
     titles = {"synthetic": f"synthetic ({args.synth_size} px, feature size {args.feature_size:g} px; "
                            f"train seed {args.synth_seeds[0]}, test seed {args.synth_seeds[1]})",
@@ -347,7 +384,7 @@ def main() -> int:
                         f"0-{(data.get('loveda', {}).get('cut') or 1) - 1}, test on the rest)"}
     for dataset, rows in results.items():
         print(f"**{titles[dataset]}**\n")
-        print(table(rows) + "\n")
+        print(table([summarise(runs) for runs in rows]) + "\n")
     out = args.json or work / "accuracy.json"
     out.write_text(json.dumps({"command": command, "minutes": round(minutes, 2),
                                "settings": {k: (str(v) if isinstance(v, Path) else v)

@@ -1,7 +1,9 @@
-"""ResNet trunks from torchvision, returning the four stages c2..c5.
+"""The trunks of GLNet's branches: torchvision ResNets and EfficientNet-Lite0.
 
-ImageNet weights come only from a local file the user names; nothing is ever
-downloaded.
+Every trunk returns the four stages ``[c5, c4, c3, c2]`` (strides 32 to 4) and
+names their widths in ``channels``. ResNet ImageNet weights come only from a
+local file the user names; EfficientNet-Lite0's from an installed package
+(``efficientnet``). Nothing is ever downloaded.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from torch import nn
 
 from .errors import ModelFileError
 
-# Output channels of layer1..layer4 for each trunk.
+# Output channels of layer1..layer4 for each ResNet trunk.
 STAGE_CHANNELS = {
     "resnet18": (64, 128, 256, 512),
     "resnet34": (64, 128, 256, 512),
@@ -47,6 +49,32 @@ class ResNetTrunk(nn.Module):
         c4 = self.layer3(c3)
         c5 = self.layer4(c4)
         return [c5, c4, c3, c2]
+
+
+def make_trunk(name: str, in_channels: int = 3) -> nn.Module:
+    """The trunk called ``name`` (``config.BACKBONES``), with random weights."""
+    if name in STAGE_CHANNELS:
+        return ResNetTrunk(name, in_channels)
+    from .efficientnet import EfficientNetLiteTrunk
+
+    return EfficientNetLiteTrunk(name, in_channels)
+
+
+def has_packaged_weights(name: str) -> bool:
+    """Whether ImageNet weights for trunk ``name`` come with an installable package."""
+    from .efficientnet import LITE0
+
+    return name == LITE0
+
+
+def load_packaged_weights(trunk: nn.Module) -> None:
+    """Load the packaged ImageNet weights into ``trunk`` (see ``has_packaged_weights``)."""
+    from .efficientnet import EfficientNetLiteTrunk, load_lite0_weights
+
+    if not isinstance(trunk, EfficientNetLiteTrunk):
+        raise ModelFileError(f"no packaged ImageNet weights for a {type(trunk).__name__}; "
+                             "give a torchvision weights file instead")
+    load_lite0_weights(trunk)
 
 
 def adapt_first_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:

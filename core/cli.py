@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
+from .config import DEFAULT_PRESET, PRESETS
 from .errors import GlnetError
 from .files import check_output_path
 
@@ -68,7 +69,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="pixels outside all label polygons: a 'background' class (default) or ignored")
     p.add_argument("--aoi", type=Path, help="polygons outside which pixels are ignored")
     p.add_argument("--bands", type=_int_list, help="image bands to use, e.g. 1,2,3")
-    p.add_argument("--preset", default="fast", choices=("fast", "official"), help="network preset")
+    p.add_argument("--preset", default=DEFAULT_PRESET, choices=tuple(PRESETS),
+                   help=f"network preset (default {DEFAULT_PRESET})")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--window", type=int, help="context window in pixels (default: the preset's)")
     size.add_argument("--window-metres", type=float, help="context window in metres")
@@ -76,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--global-size", type=int, help="size the global branch sees the window at")
     p.add_argument("--stages", type=_int_list, default=[1, 2, 3], help="stages to run (default 1,2,3)")
     p.add_argument("--epochs", type=_int_list, help="epochs per stage, e.g. 20,20,10")
+    p.add_argument("--steps", type=_int_list,
+                   help="optimiser steps per stage instead of epochs, e.g. 300,300,300 (one value: "
+                        "every stage); the same steps give the same model on any machine")
     p.add_argument("--lr", type=_float_list, help="learning rate per stage, e.g. 1e-4,2e-5,5e-5")
     p.add_argument("--windows-per-epoch", type=int, help="training windows per epoch")
     p.add_argument("--patches-per-window", type=int,
@@ -85,6 +90,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="right-hand share of each scene held out for validation (default 0.2)")
     p.add_argument("--balance", action="store_true", help="favour windows with rare classes")
     p.add_argument("--backbone-weights", type=Path, help="local torchvision ResNet ImageNet weights")
+    p.add_argument("--no-pretrained", action="store_true",
+                   help="start the lite preset's trunks from random weights, not ImageNet's")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--threads", type=int, help="CPU threads")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
@@ -313,7 +320,7 @@ def _train(args: argparse.Namespace) -> int:
     if not stages or any(s not in (1, 2, 3) for s in stages) or list(stages) != sorted(set(stages)):
         raise GlnetError(f"--stages must be increasing stages among 1, 2, 3, got {args.stages}")
     per_stage = {}
-    for name, values in (("epochs", args.epochs), ("lr", args.lr)):
+    for name, values in (("epochs", args.epochs), ("lr", args.lr), ("steps", args.steps)):
         if values is not None and len(values) not in (1, len(stages)):
             raise GlnetError(f"--{name} needs one value or one per stage ({len(stages)})")
         per_stage[name] = ({s: values[i if len(values) > 1 else 0] for i, s in enumerate(stages)}
@@ -321,7 +328,8 @@ def _train(args: argparse.Namespace) -> int:
     options = TrainOptions(
         preset=args.preset, window_size=args.window, window_metres=args.window_metres,
         patch_size=args.patch, global_size=args.global_size, stages=stages,
-        epochs=per_stage["epochs"], lr=per_stage["lr"], windows_per_epoch=args.windows_per_epoch,
+        epochs=per_stage["epochs"], lr=per_stage["lr"], steps=per_stage["steps"],
+        pretrained=False if args.no_pretrained else None, windows_per_epoch=args.windows_per_epoch,
         max_minutes=args.max_minutes, val_fraction=args.val_fraction, balance=args.balance,
         seed=args.seed, backbone_weights=str(args.backbone_weights) if args.backbone_weights else None,
         threads=args.threads, device=args.device, loss=TrainConfig(patches_per_window=args.patches_per_window))

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .backbone import ResNetTrunk
+from .backbone import make_trunk
 from .config import NetConfig
 from .fpn import FPNDecoder, Pyramid
 
@@ -39,19 +39,21 @@ class GLNet(nn.Module):
     def __init__(self, cfg: NetConfig, context_branch: bool = False) -> None:
         super().__init__()
         self.cfg = cfg
-        chans = ResNetTrunk(cfg.backbone, cfg.in_channels).channels
+        self.global_backbone = make_trunk(cfg.backbone, cfg.in_channels)
+        chans = self.global_backbone.channels
         dec = dict(in_channels=chans, fpn_channels=cfg.fpn_channels,
                    smooth_channels=cfg.smooth_channels, num_classes=cfg.num_classes,
                    fuse_kernel=cfg.fuse_kernel)
-        self.global_backbone = ResNetTrunk(cfg.backbone, cfg.in_channels)
         self.global_decoder = FPNDecoder(plain=True, context=True, **dec)
-        self.local_backbone = ResNetTrunk(cfg.backbone, cfg.in_channels)
+        self.local_backbone = make_trunk(cfg.backbone, cfg.in_channels)
         self.local_decoder = FPNDecoder(plain=False, context=True, **dec)
         self.aggregation = nn.Conv2d(2 * cfg.feature_channels, cfg.num_classes, 3, padding=1)
-        self.context_backbone: ResNetTrunk | None = None
+        self.context_backbone: nn.Module | None = None
         self.context_decoder: FPNDecoder | None = None
         self._decoder_kwargs = dec
         self.stage = 0
+        # Training pretrained trunks keeps their BatchNorm statistics (see train.TrainOptions.freeze_bn).
+        self.frozen_trunk_statistics = False
         self._init_decoders()
         if context_branch:
             self.add_context_branch()
@@ -121,7 +123,7 @@ class GLNet(nn.Module):
         Called at the start of stage 3, so that the local branch keeps the
         context it was trained with in stage 2 while the global branch changes.
         """
-        backbone = ResNetTrunk(self.cfg.backbone, self.cfg.in_channels)
+        backbone = make_trunk(self.cfg.backbone, self.cfg.in_channels)
         decoder = FPNDecoder(plain=True, context=False, **self._decoder_kwargs)
         backbone.load_state_dict(self.global_backbone.state_dict())
         plain = {k: v for k, v in self.global_decoder.state_dict().items()
@@ -166,3 +168,7 @@ class GLNet(nn.Module):
         for name, module in self.named_children():
             if name not in trained:
                 module.eval()
+            elif self.frozen_trunk_statistics and name.endswith("_backbone"):
+                for m in module.modules():
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                        m.eval()

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from . import parallel
-from .config import StageConfig, TrainConfig, preset
+from .config import DEFAULT_PRESET, StageConfig, TrainConfig, preset
 from .datasets import Rect, TrainingScene, WindowSampler, augment, split_regions, tile_rect
 from .errors import GlnetError
 from .files import atomic_output
@@ -53,7 +53,7 @@ class TrainOptions:
             scene's resolution instead.
         stages: which stages to run, in order.
         epochs, lr: per-stage overrides of ``loss.stages``.
-        scratch_lr: without ``backbone_weights``, the learning rate of every
+        scratch_lr: without pretrained trunks, the learning rate of every
             stage not given in ``lr``. The released per-stage rates (``loss``:
             1e-4, 2e-5, 5e-5) fine-tune ImageNet-pretrained branches over
             thousands of steps; from scratch on a CPU budget the stage-2 rate
@@ -68,6 +68,17 @@ class TrainOptions:
         balance: favour windows with rare classes.
         seed: makes runs repeatable.
         backbone_weights: local torchvision ResNet ImageNet weights for both branches.
+        pretrained: start both trunks from the ImageNet weights of an installed
+            package (EfficientNet-Lite0, the ``lite`` preset). None: whenever
+            the preset's trunk has such weights and ``backbone_weights`` is not
+            given.
+        freeze_bn: keep the pretrained trunks' BatchNorm statistics as they
+            came (their scale and shift still train). A batch of one window in
+            stage 1 gives statistics of one image; frozen ImageNet statistics do
+            not depend on the batch. None: whenever the trunks are pretrained.
+        steps: per-stage number of optimiser steps; replaces ``epochs`` for
+            that stage (the last epoch is cut short). A budget in steps gives
+            the same model on a slow or busy machine; ``max_minutes`` stays a cap.
         threads: torch CPU threads (default: torch's choice).
         device: ``cpu`` or ``cuda[:n]``; the model file is written the same either way.
         prefetch: make the next batch of windows on a thread during each step
@@ -79,7 +90,7 @@ class TrainOptions:
         loss: losses, optimiser and per-stage defaults.
     """
 
-    preset: str = "fast"
+    preset: str = DEFAULT_PRESET
     window_size: int | None = None
     window_metres: float | None = None
     patch_size: int | None = None
@@ -95,6 +106,9 @@ class TrainOptions:
     balance: bool = False
     seed: int = 0
     backbone_weights: str | None = None
+    pretrained: bool | None = None
+    freeze_bn: bool | None = None
+    steps: dict[int, int] = field(default_factory=dict)
     threads: int | None = None
     device: str = "cpu"
     prefetch: bool | None = None
@@ -112,6 +126,23 @@ class TrainResult:
     stages_done: tuple[int, ...]
     history: list[dict]
     minutes: float
+
+
+def uses_packaged_weights(options: TrainOptions) -> bool:
+    """Whether training starts both trunks from a package's ImageNet weights."""
+    from .backbone import has_packaged_weights
+
+    if options.pretrained is False or options.backbone_weights:
+        return False
+    packaged = has_packaged_weights(preset(options.preset).backbone)
+    if options.pretrained and not packaged:
+        raise GlnetError(f"preset {options.preset!r} has no packaged ImageNet weights; "
+                         "use the lite preset or give backbone weights")
+    return packaged
+
+
+def is_pretrained(options: TrainOptions) -> bool:
+    return bool(options.backbone_weights) or uses_packaged_weights(options)
 
 
 def build_meta(scenes: Sequence[TrainingScene], classes: Sequence[ClassInfo], options: TrainOptions,
@@ -133,13 +164,47 @@ def build_meta(scenes: Sequence[TrainingScene], classes: Sequence[ClassInfo], op
     overrides["min_overlap"] = min(base.min_overlap, overrides["patch_size"] // 4)
     net = replace(base, **overrides)
     mean, std = _band_statistics(scenes, net.window_size, options, len(classes))
+    extra = {}
+    if uses_packaged_weights(options):
+        mean, std = trunk_scaling(first.dtype, mean, std)
+        extra["trunk_init"] = trunk_init_note(net)
     descriptions = first.ds.descriptions or (None,) * first.ds.count
     names = [descriptions[b - 1] or f"band {b}" for b in first.bands]
     return ModelMeta(net=net, classes=tuple(classes), bands=tuple(names), dtype=first.dtype,
                      mean=mean, std=std, resolution=first.resolution, stages=(),
                      preset=options.preset, ignore_index=IGNORE,
                      notes=f"trained on {', '.join(s.name for s in scenes[:5])}"
-                           f"{' ...' if len(scenes) > 5 else ''}")
+                           f"{' ...' if len(scenes) > 5 else ''}", extra=extra)
+
+
+def trunk_scaling(dtype: str, mean, std) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Input scaling in raw units that gives a pretrained trunk the inputs it was trained on.
+
+    EfficientNet-Lite's ImageNet weights take ``(x / 255 - 0.5) / 0.5``: for
+    8-bit bands that is mean = std = 127.5. Other data types have no fixed
+    range, so the scene's own statistics are used with the standard deviation
+    doubled, which gives the same spread (about 0.5 x 2 = 1 per unit of the
+    [-1, 1] range) around the scene's mean.
+    """
+    from .efficientnet import LITE0_WEIGHTS
+
+    if dtype == "uint8":
+        w = LITE0_WEIGHTS
+        m, s = float(np.mean(w.mean)) * 255.0, float(np.mean(w.std)) * 255.0
+        return (m,) * len(mean), (s,) * len(std)
+    return tuple(mean), tuple(2.0 * v for v in std)
+
+
+def trunk_init_note(net) -> dict:
+    """How the trunks were initialised, as recorded in the model file's metadata."""
+    from .efficientnet import LITE0_WEIGHTS
+
+    w = LITE0_WEIGHTS
+    bands = net.in_channels
+    first = ("RGB filters" if bands == 3 else
+             f"RGB filters cycled over {bands} bands (R, G, B, R, ...), scaled by 3/{bands}")
+    return {"weights": f"ImageNet, {w.package} {Path(w.filename).name}", "sha256": w.sha256,
+            "first_conv": first}
 
 
 def _band_statistics(scenes, window, options, num_classes):
@@ -302,6 +367,14 @@ def _train(scenes, classes, output, options: TrainOptions, resume: bool, log, pr
 
         load_imagenet_weights(model.global_backbone, options.backbone_weights)
         load_imagenet_weights(model.local_backbone, options.backbone_weights)
+    elif uses_packaged_weights(options) and state is None:
+        from .backbone import load_packaged_weights
+
+        load_packaged_weights(model.global_backbone)
+        load_packaged_weights(model.local_backbone)
+    pretrained = is_pretrained(options)
+    model.frozen_trunk_statistics = (options.freeze_bn if options.freeze_bn is not None
+                                     else pretrained)
     model.to(device)
 
     stages = tuple(options.stages)
@@ -330,8 +403,14 @@ def _train(scenes, classes, output, options: TrainOptions, resume: bool, log, pr
             f"epoch {pos['epoch'] + 1}")
 
     budget = options.max_minutes * 60 if options.max_minutes else None
-    planned = {s: options.epochs.get(s, options.loss.stages.get(s, StageConfig(10, 1e-4)).epochs)
-               * max(1, math.ceil(per_epoch / options.windows_per_step.get(s, 1))) for s in stages}
+    def stage_steps(s: int) -> tuple[int, int]:
+        """(steps per epoch, steps in all) of stage ``s``."""
+        per = max(1, math.ceil(per_epoch / options.windows_per_step.get(s, 1)))
+        if s in options.steps:
+            return per, options.steps[s]
+        return per, per * options.epochs.get(s, options.loss.stages.get(s, StageConfig(10, 1e-4)).epochs)
+
+    planned = {s: stage_steps(s)[1] for s in stages}
     total_planned = sum(planned.values())
 
     def elapsed() -> float:
@@ -341,8 +420,9 @@ def _train(scenes, classes, output, options: TrainOptions, resume: bool, log, pr
         stage = stages[si]
         cfg = options.loss
         stage_cfg = cfg.stages.get(stage, StageConfig(epochs=10, lr=1e-4))
-        epochs = options.epochs.get(stage, stage_cfg.epochs)
-        default_lr = (options.scratch_lr if options.scratch_lr and not options.backbone_weights
+        steps_per_epoch, total_steps = stage_steps(stage)
+        epochs = math.ceil(total_steps / steps_per_epoch)
+        default_lr = (options.scratch_lr if options.scratch_lr and not pretrained
                       else stage_cfg.lr)
         lr = options.lr.get(stage, default_lr)
         cfg = replace(cfg, stages={**cfg.stages, stage: StageConfig(epochs=epochs, lr=lr)})
@@ -357,8 +437,6 @@ def _train(scenes, classes, output, options: TrainOptions, resume: bool, log, pr
         if si != pos["stage_index"] or state is None:
             stage_best = {"miou": -1.0, "state": None}
         batch = options.windows_per_step.get(stage, 1)
-        steps_per_epoch = max(1, math.ceil(per_epoch / batch))
-        total_steps = steps_per_epoch * epochs
         stage_deadline = None
         if budget is not None:
             left = budget - elapsed()
@@ -379,10 +457,11 @@ def _train(scenes, classes, output, options: TrainOptions, resume: bool, log, pr
             losses = []
             out_of_time = False
             prefetch = options.prefetch if options.prefetch is not None else device.type != "cpu"
-            batches = (Prefetcher(make_batch, rng, steps_per_epoch) if prefetch
+            epoch_steps = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)
+            batches = (Prefetcher(make_batch, rng, epoch_steps) if prefetch
                        else _Inline(make_batch))
             try:
-                for k in range(steps_per_epoch):
+                for k in range(epoch_steps):
                     step = epoch * steps_per_epoch + k
                     for group in optimizer.param_groups:
                         group["lr"] = lr * poly_factor(step, total_steps, cfg.poly_power)
