@@ -55,12 +55,15 @@ def _parser() -> argparse.ArgumentParser:
         "train", help="train GLNet on rasters with raster or vector labels",
         description="Train GLNet in three stages (global; global to local; local to global) on "
                     "image rasters with label rasters or polygons, or on a dataset folder "
-                    "(DeepGlobe, LoveDA). The best model by validation mIoU is written to -o; "
+                    "(DeepGlobe, LoveDA, Dubai). The best model by validation mIoU is written to -o; "
                     "a checkpoint MODEL.ckpt beside it allows --resume.")
     p.add_argument("images", nargs="*", type=Path, metavar="IMAGE", help="image rasters")
     p.add_argument("--labels", nargs="+", type=Path, default=[], metavar="LABELS",
                    help="one label raster (class indices) or vector file per image")
-    p.add_argument("--dataset", type=Path, help="a DeepGlobe or LoveDA dataset folder instead of IMAGEs")
+    p.add_argument("--dataset", type=Path,
+                   help="a DeepGlobe, LoveDA or Dubai dataset folder instead of IMAGEs")
+    p.add_argument("--tiles", type=_int_list, metavar="N[,N...]",
+                   help="with a Dubai --dataset: train on these tiles only (tile_N), e.g. 1,2,3")
     p.add_argument("-o", "--output", type=Path, required=True, help="model file to write")
     p.add_argument("--class-field", help="class field of vector labels (names or integers)")
     p.add_argument("--class-name", help="one class for all polygons (e.g. building)")
@@ -131,7 +134,7 @@ def _parser() -> argparse.ArgumentParser:
                     "either, and pixels outside the reference, are not counted. With -m MODEL, "
                     "the first argument is a SCENE that is segmented with the model first (as "
                     "glnet segment does, into a temporary mask); with -m MODEL --dataset FOLDER, "
-                    "every scene of a DeepGlobe or LoveDA folder is segmented and scored against "
+                    "every scene of a DeepGlobe, LoveDA or Dubai folder is segmented and scored against "
                     "its labels.")
     p.add_argument("pred", type=Path, nargs="?", metavar="PRED",
                    help="prediction: a one-band class raster (with -m: the scene to segment)")
@@ -139,8 +142,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="reference: a class raster or a vector file")
     p.add_argument("-m", "--model", type=Path, help="score this model: segment PRED (a scene) first")
     p.add_argument("--dataset", type=Path, metavar="FOLDER",
-                   help="with -m: a DeepGlobe or LoveDA folder to segment and score instead of "
-                        "SCENE REF")
+                   help="with -m: a DeepGlobe, LoveDA or Dubai folder to segment and score "
+                        "instead of SCENE REF")
+    p.add_argument("--tiles", type=_int_list, metavar="N[,N...]",
+                   help="with a Dubai --dataset: score these tiles only (tile_N), e.g. 6,7")
     p.add_argument("--threads", type=int, help="with -m: CPU threads for segmenting")
     p.add_argument("--ref-field", help="class field of vector references, values or names "
                                        "(default class_id, else class_name)")
@@ -300,6 +305,8 @@ def _train(args: argparse.Namespace) -> int:
     from .labels import read_classes_json
     from .train import TrainOptions, checkpoint_path, train
 
+    if args.tiles is not None and not args.dataset:
+        raise GlnetError("--tiles applies with --dataset FOLDER only")
     if args.dataset and (args.images or args.labels):
         raise GlnetError("give either IMAGE files with --labels, or --dataset, not both")
     if not args.dataset and not args.images:
@@ -310,7 +317,7 @@ def _train(args: argparse.Namespace) -> int:
         raise GlnetError(f"{checkpoint_path(args.output)}: no checkpoint to resume from")
     classes = read_classes_json(args.classes) if args.classes else None
     if args.dataset:
-        scenes, classes = scenes_from_folder(args.dataset, bands=args.bands)
+        scenes, classes = scenes_from_folder(args.dataset, bands=args.bands, tiles=args.tiles)
     else:
         scenes, classes = scenes_from_pairs(
             args.images, args.labels, class_field=args.class_field, class_name=args.class_name,
@@ -394,6 +401,8 @@ def _evaluate(args: argparse.Namespace) -> int:
                          "give SCENE and REF to segment and score (or --dataset FOLDER)")
     if args.threads is not None and args.model is None:
         args.usage_error("--threads applies with -m MODEL only")
+    if args.tiles is not None and args.dataset is None:
+        args.usage_error("--tiles applies with --dataset FOLDER only")
     report = _progress(args, "evaluate")
     if args.model is not None:
         from .segment import SegmentOptions
@@ -401,7 +410,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         options = SegmentOptions(threads=args.threads)
         if args.dataset is not None:
             result = evaluate_model_on_dataset(
-                args.model, args.dataset, ignore_classes=args.ignore_classes,
+                args.model, args.dataset, ignore_classes=args.ignore_classes, tiles=args.tiles,
                 block_size=args.block_size, segment_options=options, progress=report)
         else:
             result = evaluate_model(

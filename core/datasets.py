@@ -3,7 +3,7 @@
 A ``TrainingScene`` pairs an image raster with a label source (see
 ``labels``) and reads ``(image, labels, valid)`` for any window, never the
 whole scene. Scenes come from image/label pairs (rasters or vectors) or from
-dataset folders (DeepGlobe, LoveDA). ``split_regions`` divides each scene into
+dataset folders (DeepGlobe, LoveDA, Dubai). ``split_regions`` divides each scene into
 spatially disjoint training and validation rectangles; ``WindowSampler``
 draws training windows inside the training rectangles, skipping nodata and
 optionally favouring rare classes.
@@ -39,6 +39,12 @@ LOVEDA_CLASSES = (
     ("agriculture", (255, 195, 128)),
 )
 
+# Dubai aerial imagery (Humans in the Loop / MBRSC): the mask colours of its six classes.
+DUBAI_CLASSES = (
+    ("building", (60, 16, 152)), ("land", (132, 41, 246)), ("road", (110, 193, 228)),
+    ("vegetation", (254, 221, 58)), ("water", (226, 169, 41)), ("unlabeled", (155, 155, 155)),
+)
+
 
 @dataclass(frozen=True)
 class Rect:
@@ -60,8 +66,9 @@ class TrainingScene:
     """An image raster with labels on its grid."""
 
     def __init__(self, image: str | Path, labels, aoi: str | Path | None = None,
-                 bands: Sequence[int] | None = None) -> None:
+                 bands: Sequence[int] | None = None, name: str | None = None) -> None:
         self.path = Path(image)
+        self._name = name
         self.ds = _open_raster(self.path)
         self.labels = labels(self.ds) if callable(labels) else labels
         self.aoi = AreaOfInterest(aoi, self.ds) if aoi else None
@@ -71,7 +78,8 @@ class TrainingScene:
 
     @property
     def name(self) -> str:
-        return self.path.name
+        """The name given (a Dubai scene's ``tile_N/image_part_00K``), else the image's file name."""
+        return self._name or self.path.name
 
     @property
     def height(self) -> int:
@@ -154,18 +162,27 @@ def scenes_from_pairs(images: Sequence[str | Path], labels: Sequence[str | Path]
     return scenes, found
 
 
-def scenes_from_folder(folder: str | Path, bands: Sequence[int] | None = None
+def scenes_from_folder(folder: str | Path, bands: Sequence[int] | None = None,
+                       tiles: Sequence[int] | None = None,
                        ) -> tuple[list[TrainingScene], tuple[ClassInfo, ...]]:
-    """Scenes of a dataset folder: DeepGlobe (``*_sat.jpg`` + ``*_mask.png``) or LoveDA.
+    """Scenes of a dataset folder: DeepGlobe (``*_sat.jpg`` + ``*_mask.png``), LoveDA or Dubai.
 
     LoveDA (``img_dir/``, ``ann_dir/`` with 0 = no data, 1..7 classes) maps its
-    classes to 0..6; DeepGlobe masks map by colour to DeepGlobe's seven classes.
+    classes to 0..6; DeepGlobe masks map by colour to DeepGlobe's seven classes;
+    Dubai folders (``tile_N/images`` + ``tile_N/masks``, or one tile's
+    ``images/`` + ``masks/``) are read by ``dubai_scenes``. ``tiles`` (tile
+    numbers) picks some tiles of a Dubai folder; it is an error for other folders.
     """
     from .official import DEEPGLOBE_CLASSES
 
     folder = Path(folder)
     if not folder.is_dir():
         raise GlnetError(f"{folder}: dataset folder not found")
+    if _dubai_tiles(folder):
+        return dubai_scenes(folder, tiles=tiles, bands=bands)
+    if tiles is not None:
+        raise GlnetError(f"{folder}: tiles can be chosen in a Dubai folder (tile_N/images, "
+                         "tile_N/masks) only")
     sats = sorted(folder.rglob("*_sat.jpg"))
     if sats:
         classes = tuple(ClassInfo(i, n, c) for i, (n, c) in enumerate(DEEPGLOBE_CLASSES))
@@ -191,7 +208,72 @@ def scenes_from_folder(folder: str | Path, bands: Sequence[int] | None = None
         _check_bands(scenes)
         return scenes, classes
     raise GlnetError(f"{folder}: not a dataset folder this tool knows (DeepGlobe *_sat.jpg/*_mask.png "
-                     "pairs, or LoveDA img_dir/ and ann_dir/)")
+                     "pairs, LoveDA img_dir/ and ann_dir/, or Dubai tile_N/images and tile_N/masks)")
+
+
+def dubai_scenes(folder: str | Path, tiles: Sequence[int] | None = None,
+                 bands: Sequence[int] | None = None,
+                 ) -> tuple[list[TrainingScene], tuple[ClassInfo, ...]]:
+    """Scenes of the Dubai aerial imagery dataset (Humans in the Loop / MBRSC), and its classes.
+
+    ``folder`` holds ``tile_N/images/image_part_00K.jpg`` with
+    ``tile_N/masks/image_part_00K.png``, or is one tile folder with ``images/``
+    and ``masks/``. ``tiles`` keeps only those tile numbers (e.g. ``(1, 2, 3)``
+    to train on three tiles and test on the others); None keeps all. Scenes are
+    named ``tile_N/image_part_00K`` and come in tile order, then part order.
+
+    Masks are RGB or paletted PNGs, mapped by exact colour to the dataset's six
+    classes: building, land (unpaved area), road, vegetation, water and
+    unlabeled. "Unlabeled" (#9B9B9B) is one of the six classes the dataset
+    defines, so it stays a class; black (#000000, about 0.5% of the pixels,
+    not in the dataset's colour table) and any other colour are unlabelled
+    (``IGNORE``, not trained on nor scored).
+    """
+    folder = Path(folder)
+    found = _dubai_tiles(folder)
+    if not found:
+        raise GlnetError(f"{folder}: not a Dubai folder (tile_N/images and tile_N/masks, or "
+                         "images/ and masks/)")
+    if tiles is not None:
+        numbers = {_tile_number(t): t for t in found}
+        if None in numbers:
+            raise GlnetError(f"{folder}: a single tile folder: give the folder of tile_N folders "
+                             "to choose tiles")
+        missing = [t for t in tiles if int(t) not in numbers]
+        if missing:
+            raise GlnetError(f"{folder}: no tile {', '.join(map(str, missing))} (it has tiles "
+                             f"{', '.join(map(str, sorted(numbers)))})")
+        found = [numbers[int(t)] for t in sorted(set(int(t) for t in tiles))]
+    classes = tuple(ClassInfo(i, n, c) for i, (n, c) in enumerate(DUBAI_CLASSES))
+    scenes = []
+    for tile in found:
+        images = sorted(p for p in (tile / "images").iterdir()
+                        if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".tif"))
+        if not images:
+            raise GlnetError(f"{tile / 'images'}: no images")
+        for img in images:
+            mask = tile / "masks" / f"{img.stem}.png"
+            if not mask.exists():
+                raise GlnetError(f"{img}: no matching mask {mask}")
+            name = f"{tile.name}/{img.stem}" if _tile_number(tile) is not None else img.stem
+            scenes.append(TrainingScene(img, ColorLabels(mask, classes, exact=True), bands=bands,
+                                        name=name))
+    _check_bands(scenes)
+    return scenes, classes
+
+
+def _dubai_tiles(folder: Path) -> list[Path]:
+    """The tile folders (with images/ and masks/) of a Dubai folder, in tile order; [] if none."""
+    if (folder / "images").is_dir() and (folder / "masks").is_dir():
+        return [folder]
+    tiles = [t for t in folder.glob("tile_*") if _tile_number(t) is not None
+             and (t / "images").is_dir() and (t / "masks").is_dir()]
+    return sorted(tiles, key=_tile_number)
+
+
+def _tile_number(tile: Path) -> int | None:
+    rest = tile.name[len("tile_"):] if tile.name.startswith("tile_") else ""
+    return int(rest) if rest.isdigit() else None
 
 
 def _find_loveda(folder: Path):

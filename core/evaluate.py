@@ -500,13 +500,15 @@ def evaluate_model(model: str | Path, scene: str | Path, reference: str | Path, 
 
 def evaluate_model_on_dataset(model: str | Path, folder: str | Path, *,
                               ignore_classes: Sequence[int] = (), block_size: int = 1024,
-                              segment_options=None,
+                              segment_options=None, tiles: Sequence[int] | None = None,
                               progress: Callable[..., None] | None = None) -> Evaluation:
-    """Segment every scene of a dataset folder (DeepGlobe or LoveDA, as ``glnet train
+    """Segment every scene of a dataset folder (DeepGlobe, LoveDA or Dubai, as ``glnet train
     --dataset`` reads them) with ``model`` and score all of them in one confusion matrix.
 
     Each scene is segmented into a temporary mask and compared block by block
-    with its labels; pixels without a label (LoveDA's 0) or nodata are not counted.
+    with its labels; pixels without a label (LoveDA's 0, Dubai's black) or nodata
+    are not counted. ``tiles`` picks some tiles of a Dubai folder (see
+    ``datasets.dubai_scenes``).
     """
     import tempfile
 
@@ -523,7 +525,7 @@ def evaluate_model_on_dataset(model: str | Path, folder: str | Path, *,
     meta = read_metadata(model_path)
     n = meta.net.num_classes
     _check_ignore(ignore_classes, n)
-    scenes, classes = scenes_from_folder(folder)
+    scenes, classes = scenes_from_folder(folder, tiles=tiles)
     if [c.name for c in classes] != meta.class_names:
         raise GlnetError(f"{folder}: its classes ({', '.join(c.name for c in classes)}) are not "
                          f"the model's ({', '.join(meta.class_names)})")

@@ -10,7 +10,8 @@ Three kinds of source, one interface (``read(window) -> uint8 class indices``,
     polygons with a class field (names or integers), reprojected to the
     image's CRS once and rasterised per window.
 ``ColorLabels``
-    colour-coded masks (DeepGlobe's ``*_mask.png``) mapped to classes.
+    colour-coded masks (DeepGlobe's ``*_mask.png``, Dubai's RGB or paletted PNGs)
+    mapped to classes.
 
 An optional area of interest marks everything outside its polygons unlabelled.
 """
@@ -265,24 +266,55 @@ def _is_int(v) -> bool:
 
 
 class ColorLabels:
-    """Colour-coded label images mapped to classes by exact (thresholded) colour."""
+    """Colour-coded label images mapped to classes by colour.
 
-    def __init__(self, path: str | Path, classes: Sequence[ClassInfo]) -> None:
+    By default each channel is thresholded at 128 and a pixel takes the class
+    whose colour has the same bits (DeepGlobe's masks, whose colours are not
+    quite exact). With ``exact``, a pixel takes the class of exactly its
+    colour, and any other colour is unlabelled (``IGNORE``). A one-band
+    paletted mask (a PNG of mode 'P', which GDAL reads as palette indices
+    with a colour map) is read through its colour map, so its classes are
+    those of the palette's colours.
+    """
+
+    def __init__(self, path: str | Path, classes: Sequence[ClassInfo], exact: bool = False) -> None:
         self.path = Path(path)
         self.ds = _open_raster(self.path)
-        if self.ds.count < 3:
-            raise GlnetError(f"{self.path}: a colour mask needs 3 bands, got {self.ds.count}")
         self.classes = tuple(classes)
-        self.codes = {(c.color[0] >= 128) * 4 + (c.color[1] >= 128) * 2 + (c.color[2] >= 128): c.value
-                      for c in classes}
+        self.exact = exact
+        self.palette: np.ndarray | None = None
+        if self.ds.count < 3:
+            try:
+                cmap = self.ds.colormap(1) if self.ds.count == 1 else None
+            except ValueError:
+                cmap = None
+            if not cmap:
+                raise GlnetError(f"{self.path}: a colour mask needs 3 bands or a colour palette, "
+                                 f"got {self.ds.count} band(s) without one")
+            rgb = np.zeros((3, max(256, max(cmap) + 1)), dtype=np.int64)
+            for i, c in cmap.items():
+                rgb[:, i] = c[:3]
+            self.palette = self._classify(rgb)
+
+    def _classify(self, rgb: np.ndarray) -> np.ndarray:
+        """Class indices of colours ``rgb`` (3, ...), ``IGNORE`` where no class has the colour."""
+        out = np.full(rgb.shape[1:], IGNORE, dtype=np.int64)
+        if self.exact:
+            code = (rgb[0].astype(np.int64) << 16) | (rgb[1].astype(np.int64) << 8) | rgb[2]
+            for c in self.classes:
+                out[code == (c.color[0] << 16) | (c.color[1] << 8) | c.color[2]] = c.value
+            return out
+        code = (rgb[0] >= 128) * 4 + (rgb[1] >= 128) * 2 + (rgb[2] >= 128)
+        for c in self.classes:
+            out[code == (c.color[0] >= 128) * 4 + (c.color[1] >= 128) * 2 + (c.color[2] >= 128)] = c.value
+        return out
 
     def read(self, window, out_shape=None) -> np.ndarray:
+        if self.palette is not None:
+            index = self.ds.read(1, window=window, out_shape=out_shape)
+            return self.palette[index]
         rgb = self.ds.read((1, 2, 3), window=window, out_shape=(3, *out_shape) if out_shape else None)
-        code = (rgb[0] >= 128) * 4 + (rgb[1] >= 128) * 2 + (rgb[2] >= 128)
-        out = np.full(code.shape, IGNORE, dtype=np.int64)
-        for k, v in self.codes.items():
-            out[code == k] = v
-        return out
+        return self._classify(rgb)
 
 
 class AreaOfInterest:
