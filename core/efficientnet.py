@@ -83,7 +83,12 @@ class _SameConv(nn.Conv2d):
         for n in (x.shape[-1], x.shape[-2]):
             total = max((math.ceil(n / s) - 1) * s + k - n, 0)
             pads += [total // 2, total - total // 2]
-        return super().forward(F.pad(x, pads))
+        padded = F.pad(x, pads)
+        if x.is_contiguous(memory_format=torch.channels_last):
+            # F.pad returns the default layout; a layout change before the conv
+            # sends the depthwise convs down a path several times slower.
+            padded = padded.contiguous(memory_format=torch.channels_last)
+        return super().forward(padded)
 
 
 class _MBConv(nn.Module):

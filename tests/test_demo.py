@@ -54,7 +54,7 @@ def run(tmp_path_factory):
     """One demo run: its output folder and its stdout."""
     out = tmp_path_factory.mktemp("demo") / "demo_output"
     proc = subprocess.run(
-        [sys.executable, "-m", "glnet.demo", str(out), "--size", str(SIZE), "--train-minutes", "0.3"],
+        [sys.executable, "-m", "glnet.demo", str(out), "--size", str(SIZE), "--steps", "4,3,2"],
         capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out, proc.stdout
