@@ -301,14 +301,6 @@ def _train(args: argparse.Namespace) -> int:
         check_output_path(args.output, args.overwrite, inputs=[*args.images, *args.labels])
     elif not checkpoint_path(args.output).exists():
         raise GlnetError(f"{checkpoint_path(args.output)}: no checkpoint to resume from")
-    classes = read_classes_json(args.classes) if args.classes else None
-    if args.dataset:
-        scenes, classes = scenes_from_folder(args.dataset, bands=args.bands)
-    else:
-        scenes, classes = scenes_from_pairs(
-            args.images, args.labels, class_field=args.class_field, class_name=args.class_name,
-            classes=classes, background="background" if args.unlabelled == "background" else None,
-            aoi=args.aoi, bands=args.bands)
     stages = tuple(args.stages)
     if not stages or any(s not in (1, 2, 3) for s in stages) or list(stages) != sorted(set(stages)):
         raise GlnetError(f"--stages must be increasing stages among 1, 2, 3, got {args.stages}")
@@ -325,6 +317,15 @@ def _train(args: argparse.Namespace) -> int:
         max_minutes=args.max_minutes, val_fraction=args.val_fraction, balance=args.balance,
         seed=args.seed, backbone_weights=str(args.backbone_weights) if args.backbone_weights else None,
         threads=args.threads, device=args.device, loss=TrainConfig(patches_per_window=args.patches_per_window))
+
+    classes = read_classes_json(args.classes) if args.classes else None
+    if args.dataset:
+        scenes, classes = scenes_from_folder(args.dataset, bands=args.bands)
+    else:
+        scenes, classes = scenes_from_pairs(
+            args.images, args.labels, class_field=args.class_field, class_name=args.class_name,
+            classes=classes, background="background" if args.unlabelled == "background" else None,
+            aoi=args.aoi, bands=args.bands)
 
     report = _progress(args, "training")
     result = train(scenes, classes, args.output, options, resume=args.resume,

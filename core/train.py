@@ -27,7 +27,7 @@ import torch
 from . import parallel
 from .config import StageConfig, TrainConfig, preset
 from .datasets import Rect, TrainingScene, WindowSampler, augment, split_regions, tile_rect
-from .errors import GlnetError
+from .errors import GlnetError, OptionError
 from .files import atomic_output
 from .glnet import GLNet
 from .labels import IGNORE
@@ -101,6 +101,43 @@ class TrainOptions:
     stats_windows: int = 16
     loss: TrainConfig = field(default_factory=TrainConfig)
 
+    def __post_init__(self) -> None:
+        _check_options(self)
+
+
+# Below this a ResNet trunk (stride 32) has no feature map left to segment.
+MIN_SIZE = 32
+
+
+def _check_options(o: TrainOptions) -> None:
+    """Raise ``OptionError`` naming the first setting outside what it may be."""
+    def whole(name: str, value, low: int) -> None:
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                  or value < low):
+            raise OptionError(f"{name} must be an integer of at least {low}, got {value!r}")
+
+    def positive(name: str, value) -> None:
+        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)
+                                      and value > 0):
+            raise OptionError(f"{name} must be a positive number, got {value!r}")
+
+    for name in ("window_size", "patch_size", "global_size"):
+        whole(name.replace("_", " "), getattr(o, name), MIN_SIZE)
+    if o.patch_size and o.window_size and o.patch_size > o.window_size:
+        raise OptionError(f"patch size {o.patch_size} is larger than the window {o.window_size}")
+    for stage, epochs in o.epochs.items():
+        whole(f"epochs of stage {stage}", epochs, 1)
+    for stage, lr in o.lr.items():
+        positive(f"learning rate of stage {stage}", lr)
+    for name in ("windows_per_epoch", "threads", "stats_windows"):
+        whole(name.replace("_", " "), getattr(o, name), 1)
+    whole("patches per window", o.loss.patches_per_window, 1)
+    positive("window metres", o.window_metres)
+    positive("max minutes", o.max_minutes)
+    if not (isinstance(o.val_fraction, (int, float)) and 0 <= o.val_fraction < 1):
+        raise OptionError(f"validation fraction must be at least 0 and below 1, "
+                          f"got {o.val_fraction!r}")
+
 
 @dataclass
 class TrainResult:
@@ -128,6 +165,11 @@ def build_meta(scenes: Sequence[TrainingScene], classes: Sequence[ClassInfo], op
     if window is not None:
         overrides["window_size"] = window
     win = overrides.get("window_size", base.window_size)
+    if options.patch_size and options.patch_size > win:
+        raise OptionError(f"patch size {options.patch_size} is larger than the window {win}")
+    if len(classes) < 2:
+        raise GlnetError(f"{first.path}: only one class to learn ({classes[0].name if classes else '-'}); "
+                         "there is nothing to tell it from (label the rest as background)")
     overrides["patch_size"] = min(options.patch_size or base.patch_size, win)
     overrides["global_size"] = min(options.global_size or base.global_size, win)
     overrides["min_overlap"] = min(base.min_overlap, overrides["patch_size"] // 4)
@@ -406,10 +448,16 @@ def _train(scenes, classes, output, options: TrainOptions, resume: bool, log, pr
             history.append(record)
             log(_format_record(record))
             miou = ranks.from_main(record.get("val_miou", -0.5))
-            if miou > stage_best["miou"] or not val_windows:
+            # NaN: the validation area has no labelled pixel, so no epoch can be
+            # scored; like no validation area at all, the last model is kept.
+            unscored = not val_windows or math.isnan(miou)
+            if unscored and val_windows and not math.isnan(best["miou"]):
+                log("no labelled pixels in the validation area (validation mIoU undefined): "
+                    "keeping the last model")
+            if miou > stage_best["miou"] or unscored:
                 stage_best = {"miou": miou, "state": copy.deepcopy(model.state_dict())}
             stage_done = done + ((stage,) if stage not in done else ())
-            if miou > best["miou"] or not val_windows:
+            if miou > best["miou"] or unscored:
                 best = {"miou": miou, "stage": stage, "epoch": epoch + 1}
                 if ranks.main:
                     save_model(model, replace(meta, stages=tuple(sorted(stage_done))), output)
