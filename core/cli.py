@@ -507,9 +507,9 @@ def _planned(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from .modelfile import describe, read_metadata
+    from .modelfile import check_model_file, describe
 
-    meta = read_metadata(args.model)
+    meta, _ = check_model_file(args.model)
     if args.json:
         print(meta.to_json())
     else:

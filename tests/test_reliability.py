@@ -87,3 +87,93 @@ def test_train_refuses_a_single_class_without_background(scene, tmp_path, capsys
                       "--class-name", "building", "--unlabelled", "ignore", "-o", out)
     one_line_error(code, err, "only one class")
     assert list(tmp_path.iterdir()) == []
+
+
+# -- 2. and 3. crafted, truncated and corrupted model files --------------------------------
+
+@pytest.fixture
+def model(tmp_path, tiny_cfg) -> Path:
+    from glnet.glnet import GLNet
+    from glnet.modelfile import default_meta, save_model
+
+    return save_model(GLNet(tiny_cfg), default_meta(tiny_cfg, stages=(1,)), tmp_path / "m.glnet")
+
+
+def rewrite_header(path: Path, dst: Path, change) -> Path:
+    """A copy of ``path`` at ``dst`` whose safetensors header went through ``change(header)``."""
+    import json
+    import struct
+
+    blob = path.read_bytes()
+    (length,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8:8 + length])
+    change(header)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    dst.write_bytes(struct.pack("<Q", len(text)) + text + blob[8 + length:])
+    return dst
+
+
+def refused_by_segment(capsys, scene, model_path, tmp_path, *names) -> None:
+    out = tmp_path / "out" / "mask.tif"
+    out.parent.mkdir()
+    before = digest(scene / "scene.tif", model_path)
+    code, err = glnet(capsys, "segment", scene / "scene.tif", "-m", model_path, "-o", out)
+    one_line_error(code, err, model_path, *names)
+    assert list(out.parent.iterdir()) == [] and digest(scene / "scene.tif", model_path) == before
+
+
+def test_a_crafted_model_is_refused_from_its_tensor_table(scene, model, tmp_path, capsys):
+    import json
+    import resource
+
+    def absurd(header):  # metadata of a 4-billion-parameter network, no tensors for it
+        meta = json.loads(header["__metadata__"]["glnet"])
+        meta["net"].update(backbone="resnet50", in_channels=64, fpn_channels=2048,
+                           smooth_channels=2048)
+        meta.update(bands=[f"b{i}" for i in range(64)], mean=[0.0] * 64, std=[1.0] * 64)
+        header["__metadata__"]["glnet"] = json.dumps(meta)
+        del header["__metadata__"]["sha256"]
+    crafted = rewrite_header(model, tmp_path / "absurd.glnet", absurd)
+    head = crafted.read_bytes()[:8 + int.from_bytes(crafted.read_bytes()[:8], "little")]
+    crafted.write_bytes(head)  # the tensor table only: the file has no data at all
+    assert crafted.stat().st_size < 100_000
+    one_line_error(*glnet(capsys, "info", crafted), crafted, "truncated")
+    meta_only = rewrite_header(crafted, tmp_path / "meta-only.glnet", lambda header: [header.pop(k) for k in list(header)
+                                                        if k != "__metadata__"])
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    from glnet.modelfile import load_model
+    with pytest.raises(Exception, match="weights do not match"):
+        load_model(meta_only)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss < 200_000  # KiB
+
+    def huge(header):  # a tensor claiming gigabytes that the file does not hold
+        header["aggregation.weight"]["shape"] = [2**20, 2**20, 1, 1]
+    crafted = rewrite_header(model, tmp_path / "huge.glnet", huge)
+    refused_by_segment(capsys, scene, crafted, tmp_path, "corrupt model file")
+
+
+def test_a_truncated_or_corrupted_model_is_reported_broken(scene, model, tmp_path, capsys):
+    blob = model.read_bytes()
+    truncated = tmp_path / "truncated.glnet"
+    truncated.write_bytes(blob[:-1000])
+    one_line_error(*glnet(capsys, "info", truncated), truncated, "truncated")
+    flipped = bytearray(blob)
+    flipped[-5000] ^= 0xFF
+    corrupted = tmp_path / "corrupted.glnet"
+    corrupted.write_bytes(bytes(flipped))
+    one_line_error(*glnet(capsys, "info", corrupted), corrupted, "checksum")
+    refused_by_segment(capsys, scene, corrupted, tmp_path, "checksum")
+
+    def wrong(header):
+        header["__metadata__"]["sha256"] = "0" * 64
+    wrong_sum = rewrite_header(model, tmp_path / "wrong.glnet", wrong)
+    one_line_error(*glnet(capsys, "info", wrong_sum), wrong_sum, "checksum")
+
+
+def test_a_model_from_before_checksums_still_loads(model, capsys):
+    from glnet.modelfile import load_model
+
+    old = rewrite_header(model, model, lambda header: header["__metadata__"].pop("sha256"))
+    assert glnet(capsys, "info", old) == (0, "")
+    load_model(old)
