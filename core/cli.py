@@ -526,7 +526,7 @@ def _import_official(args: argparse.Namespace) -> int:
     source = ", ".join(str(p) for p in (args.g, args.g2l, args.l2g) if p is not None)
     model, stages = model_from_official(*states, source=source)
     del states
-    save_model(model, deepglobe_meta(model.cfg, stages), args.output)
+    save_model(model, deepglobe_meta(model.cfg, stages), args.output, overwrite=args.overwrite)
     print(f"wrote {args.output}: official GLNet, DeepGlobe classes, stages {', '.join(map(str, stages))}")
     return 0
 

@@ -1,11 +1,13 @@
 """Output files: checked before work starts, written under a temporary name, renamed at the end.
 
-Nothing the user already had is overwritten unless asked, and a failed or
-cancelled run leaves nothing at the destination.
+Nothing the user already had is overwritten unless asked, not even a file that
+appeared while a run was working, and a failed or cancelled run leaves nothing
+at the destination.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -39,11 +41,14 @@ def check_output_path(path: str | Path, overwrite: bool = False,
 
 
 @contextmanager
-def atomic_output(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it to ``path`` if the block succeeds.
+def atomic_output(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; move it to ``path`` if the block succeeds.
 
-    On any exception (cancellation included) the temporary file is removed and
-    ``path`` is left as it was.
+    Without ``overwrite`` the move refuses, with a ``GlnetError``, a ``path``
+    that appeared while the block ran (another run writing the same output):
+    the check before work starts cannot see that. On any exception
+    (cancellation included) the temporary file is removed and ``path`` is left
+    as it was.
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
@@ -57,7 +62,40 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
             umask = os.umask(0)
             os.umask(umask)
             os.chmod(tmp_path, 0o666 & ~umask)
-        os.replace(tmp_path, path)
+        _publish(tmp_path, path, overwrite)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def _publish(tmp: Path, path: Path, overwrite: bool) -> None:
+    """Move the finished ``tmp`` to ``path``, over an existing file only with ``overwrite``.
+
+    A hard link fails if ``path`` exists, in the same step that creates it, so
+    of two runs to one output the later one is refused instead of replacing
+    the other's.
+    """
+    if overwrite:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise _appeared(path) from None
+    except OSError as exc:
+        # File systems without hard links (FAT, some network shares): check,
+        # then rename; a run that finishes in between can still be replaced.
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV,
+                             errno.EMLINK, errno.ENOSYS):
+            raise
+        if path.exists():
+            raise _appeared(path) from None
+        os.replace(tmp, path)
+        return
+    tmp.unlink()
+
+
+def _appeared(path: Path) -> GlnetError:
+    return GlnetError(f"{path}: appeared while this run was writing it (another run to the same "
+                      "output?); left as it is and this run's result discarded (use --overwrite "
+                      "to replace it)")

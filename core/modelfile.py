@@ -301,11 +301,12 @@ def _data_checksum(path: Path, start: int) -> str:
     return digest.hexdigest()
 
 
-def save_model(model, meta: ModelMeta, path: str | Path) -> Path:
+def save_model(model, meta: ModelMeta, path: str | Path, overwrite: bool = False) -> Path:
     """Write ``model``'s weights with ``meta`` to ``path`` atomically.
 
     The file is written to a temporary name in the same folder and renamed, so
-    an interrupted save never leaves a half-written model where one is expected.
+    an interrupted save never leaves a half-written model where one is expected;
+    an existing ``path`` is replaced only with ``overwrite``.
     """
     from safetensors.torch import save
 
@@ -315,7 +316,7 @@ def save_model(model, meta: ModelMeta, path: str | Path) -> Path:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     header = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "glnet": meta.to_json()}
     head, data = _canonical_header(save(state, metadata=header))
-    with atomic_output(path) as tmp:
+    with atomic_output(path, overwrite) as tmp:
         _write_parts(tmp, head, data)
     return path
 

@@ -872,7 +872,7 @@ def vectorize(mask: str | Path, output: str | Path, options: VectorizeOptions | 
             if driver == "ESRI Shapefile":
                 _move_shapefile(staged, output)
             else:
-                with atomic_output(output) as tmp:
+                with atomic_output(output, options.overwrite) as tmp:
                     os.replace(staged, tmp)
     return result
 

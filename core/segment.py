@@ -591,8 +591,8 @@ def run_job(job: SegmentJob, run: Callable[[SegmentJob, WorkFiles, _Progress], l
     opts = job.opts
     with rasterio.Env(GDAL_CACHEMAX=opts.cache_mb * 2**20, GDAL_PAM_ENABLED="NO"):
         with ExitStack() as stack:
-            tmp_out = stack.enter_context(atomic_output(job.output))
-            tmp_prob = (stack.enter_context(atomic_output(job.probabilities))
+            tmp_out = stack.enter_context(atomic_output(job.output, opts.overwrite))
+            tmp_prob = (stack.enter_context(atomic_output(job.probabilities, opts.overwrite))
                         if job.probabilities else None)
             temps: list[Path] = []
             stack.callback(lambda: [_remove(p) for p in temps])

@@ -645,7 +645,7 @@ def synth(out_dir: str | Path, size: int | tuple[int, int] = 4096, bands: int = 
                   tiled=True, blockxsize=TILE, blockysize=TILE, compress="deflate",
                   bigtiff="IF_SAFER", num_threads="ALL_CPUS")
     with ExitStack() as stack:
-        tmp = [stack.enter_context(atomic_output(p)) for p in paths]
+        tmp = [stack.enter_context(atomic_output(p, overwrite)) for p in paths]
         with rasterio.open(tmp[0], "w", count=len(names), dtype=dtype, predictor=2, zlevel=1,
                            photometric="RGB" if names[:3] == ("red", "green", "blue")
                            else "MINISBLACK", **common) as img, \

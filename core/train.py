@@ -310,6 +310,9 @@ def _train(scenes, classes, output, options: TrainOptions, resume: bool, log, pr
     # Temporary files of a run that was killed (SIGKILL leaves no chance to clean up).
     for stale in [] if not ranks.main else [*output.parent.glob(f".{output.name}.*.part"), *output.parent.glob(f".{ckpt_path.name}.*.part")]:
         stale.unlink(missing_ok=True)
+    # What is at ``output`` now the caller let us replace; a file that appears
+    # there later is another run's (files.atomic_output refuses it).
+    replace_output = output.exists()
     if options.threads:
         torch.set_num_threads(options.threads)
     device = check_device(options.device)
@@ -460,7 +463,9 @@ def _train(scenes, classes, output, options: TrainOptions, resume: bool, log, pr
             if miou > best["miou"] or unscored:
                 best = {"miou": miou, "stage": stage, "epoch": epoch + 1}
                 if ranks.main:
-                    save_model(model, replace(meta, stages=tuple(sorted(stage_done))), output)
+                    save_model(model, replace(meta, stages=tuple(sorted(stage_done))), output,
+                               overwrite=replace_output)
+                    replace_output = True
             last = out_of_time or epoch == epochs - 1
             if ranks.main:
                 _save_checkpoint(ckpt_path, meta, model, optimizer if not last else None, history,
@@ -500,7 +505,7 @@ def _save_checkpoint(path, meta, model, optimizer, history, best, done, pos, sta
         "stage_best_state": stage_best["state"], "rng": json.dumps(rng.bit_generator.state),
         "torch_rng": torch.get_rng_state(), "elapsed": float(elapsed),
     }
-    with atomic_output(path) as tmp:
+    with atomic_output(path, overwrite=True) as tmp:
         torch.save(payload, tmp)
 
 

@@ -177,3 +177,33 @@ def test_a_model_from_before_checksums_still_loads(model, capsys):
     old = rewrite_header(model, model, lambda header: header["__metadata__"].pop("sha256"))
     assert glnet(capsys, "info", old) == (0, "")
     load_model(old)
+
+
+# -- 5. two runs to one output ---------------------------------------------------------------
+
+def test_an_output_that_appears_during_a_run_is_not_replaced(scene, model, tmp_path, capsys):
+    import threading
+    import time
+
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out = out_dir / "mask.tif"
+    stop = threading.Event()
+
+    def other_run():  # finishes first, while this run is still segmenting
+        while not stop.is_set():
+            if any(p.name.startswith(".mask.tif.") for p in out_dir.iterdir()):
+                out.write_bytes(b"the other run's mask")
+                return
+            time.sleep(0.001)
+    thread = threading.Thread(target=other_run)
+    thread.start()
+    try:
+        code, err = glnet(capsys, "segment", scene / "scene.tif", "-m", model, "-o", out,
+                          "--mode", "1", "--no-overviews")
+    finally:
+        stop.set()
+        thread.join()
+    one_line_error(code, err, out, "appeared while this run was writing it")
+    assert out.read_bytes() == b"the other run's mask"
+    assert sorted(p.name for p in out_dir.iterdir()) == ["mask.tif"]
