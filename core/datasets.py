@@ -104,6 +104,8 @@ class TrainingScene:
             warnings.simplefilter("ignore")
             image = self.ds.read(self.bands, window=window)
             valid = self.ds.dataset_mask(window=window) > 0
+        if image.dtype.kind == "f":  # NaN and +-inf pixels are nodata, as in segment
+            valid &= np.isfinite(image).all(axis=0)
         labels = self.labels.read(window)
         labels[~valid] = IGNORE
         if self.aoi is not None:

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import Cancelled, GlnetError
+from .errors import Cancelled, GlnetError, OptionError
 from .files import atomic_output, check_output_path
 from .modelfile import ModelMeta, read_metadata
 from .windows import Region, Strip, WindowGrid, WindowReader
@@ -469,6 +469,7 @@ class StripResult:
     refined: int = 0
     model_seconds: float = 0.0
     peak_blend_bytes: int = 0
+    nonfinite: int = 0
 
 
 def plan_job(scene: str | Path, meta: ModelMeta, output: str | Path,
@@ -508,6 +509,9 @@ def plan_job(scene: str | Path, meta: ModelMeta, output: str | Path,
                          "branch is untrained, so mode 2 and coarse to fine are not available "
                          "(use mode 1)")
     window = opts.window_size or meta.net.window_size
+    if window < meta.net.patch_size:
+        raise OptionError(f"window size {window} px is smaller than the model's patches "
+                          f"({meta.net.patch_size} px)")
     overlap = opts.overlap if opts.overlap is not None else window // 4
     if overlap > window // 2:
         raise GlnetError(f"overlap {overlap} px is more than half the window ({window} px)")
@@ -735,9 +739,11 @@ def run_strip(job: SegmentJob, net, strip: Strip, mask: Path, probabilities: Pat
     try:
         acc = BandAccumulator(grid, meta.net.num_classes, emit)
         with WindowReader(_open_source(job), grid, job.work_region, job.plan.bands,
-                          mask_fn=mask_fn, skip=skip_fn, windows=windows) as reader:
+                          mask_fn=mask_fn, skip=skip_fn, windows=windows,
+                          name=os.fspath(job.scene)) as reader:
             for i, item in enumerate(reader):
                 w = item.window
+                result.nonfinite += item.nonfinite
                 if progress is not None:
                     progress(i / n)
                 if item.array is None:
@@ -850,7 +856,14 @@ def _run(job: SegmentJob, run, tmp_out, tmp_prob, temps, report) -> SegmentResul
         class_pixels={name: int(c) for name, c in zip(names, counts)}, seconds=0.0,
         resampled=resampled, work_size=plan.work_size,
         peak_blend_bytes=max(r.peak_blend_bytes for r in strips_done),
-        model_seconds=sum(r.model_seconds for r in strips_done), warnings=list(plan.warnings))
+        model_seconds=sum(r.model_seconds for r in strips_done),
+        warnings=[*plan.warnings, *_nonfinite_warning(sum(r.nonfinite for r in strips_done))])
+
+
+def _nonfinite_warning(count: int) -> list[str]:
+    if not count:
+        return []
+    return [f"{count:,} pixel(s) of NaN or infinite values treated as nodata (255 in the mask)"]
 
 
 def _resample_back(scene, plan: _Plan, mask_work, mask_tiled, prob_work, prob_tiled, meta, opts,

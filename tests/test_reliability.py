@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 import rasterio
 
@@ -207,3 +208,29 @@ def test_an_output_that_appears_during_a_run_is_not_replaced(scene, model, tmp_p
     one_line_error(code, err, out, "appeared while this run was writing it")
     assert out.read_bytes() == b"the other run's mask"
     assert sorted(p.name for p in out_dir.iterdir()) == ["mask.tif"]
+
+
+# -- 6. NaN and infinite pixels ---------------------------------------------------------------
+
+def test_nonfinite_pixels_are_nodata_with_one_warning(scene, model, tmp_path, capsys):
+    with rasterio.open(scene / "scene.tif") as ds:
+        data, profile = ds.read().astype("float32") / 255, ds.profile
+    data[0, 10:20, 10:20] = np.nan      # 100 pixels
+    data[1, 300:305, 400:410] = np.inf  # 50
+    data[2, 500:502, 0:5] = -np.inf     # 10
+    profile.update(dtype="float32", photometric="MINISBLACK", predictor=1)
+    float_scene = tmp_path / "float.tif"
+    with rasterio.open(float_scene, "w", **profile) as ds:
+        ds.write(data)
+    out = tmp_path / "mask.tif"
+    capsys.readouterr()
+    assert main(["segment", str(float_scene), "-m", str(model), "-o", str(out), "--mode", "1",
+                 "--no-overviews"]) == 0
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if "warning" in line and "NaN" in line] == [
+        "glnet segment: warning: 160 pixel(s) of NaN or infinite values treated as nodata "
+        "(255 in the mask)"]
+    with rasterio.open(out) as ds:
+        mask = ds.read(1)
+    bad = ~np.isfinite(data).all(axis=0)
+    assert (mask[bad] == 255).all() and (mask[~bad] != 255).all()
