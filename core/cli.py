@@ -7,6 +7,8 @@ with 2); a traceback is shown only with ``--debug``.
 from __future__ import annotations
 
 import argparse
+import errno
+import logging
 import os
 import signal
 import sys
@@ -242,6 +244,12 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if not args.debug:
+        # GDAL's messages reach Python's last-resort log handler as bare lines
+        # (a full disk gives dozens of "_tiffWriteProc: ..."); the error they
+        # end in is reported once, below.
+        for name in ("rasterio", "fiona"):
+            logging.getLogger(name).addHandler(logging.NullHandler())
     # A controlling process (the QGIS plugin) stops us with SIGTERM: unwind like
     # Ctrl+C so that temporary outputs are removed.
     previous = signal.signal(signal.SIGTERM, _terminate)
@@ -259,14 +267,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The reader went away (`glnet ... | head`): stop quietly, as Unix tools do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as exc:
+        # A file the engine did not wrap (an unexpected read, a full disk in a
+        # library's own words): name the file, on one line.
+        if args.debug:
+            raise
+        path = exc.filename or _destination(args)
+        what = "no space left on device" if exc.errno == errno.ENOSPC else \
+            (exc.strerror or str(exc) or type(exc).__name__)
+        print(f"glnet {args.command}: error: {path}: {' '.join(what.split())}", file=sys.stderr)
+        return 1
     except Exception as exc:
         if args.debug:
             raise
-        print(f"glnet {args.command}: internal error: {type(exc).__name__}: {exc} "
-              "(run with --debug for the traceback)", file=sys.stderr)
+        text = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line, whatever GDAL says
+        if len(text) > 300:
+            text = text[:300] + " ..."
+        print(f"glnet {args.command}: internal error: {text} (run with --debug for the "
+              "traceback)", file=sys.stderr)
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _destination(args: argparse.Namespace) -> Path | str:
+    """The output the command was writing, to name in an error that names no file."""
+    return getattr(args, "output", None) or getattr(args, "out_dir", None) or "glnet"
 
 
 def _terminate(signum, frame) -> None:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import GlnetError
+from .errors import Cancelled, GlnetError
 
 
 def check_output_path(path: str | Path, overwrite: bool = False,
@@ -62,10 +63,51 @@ def atomic_output(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
             umask = os.umask(0)
             os.umask(umask)
             os.chmod(tmp_path, 0o666 & ~umask)
-        _publish(tmp_path, path, overwrite)
-    except BaseException:
+        with full_disk_as_error(path):
+            _publish(tmp_path, path, overwrite)
+    except BaseException as exc:
+        full = _disk_full(exc, path)
         tmp_path.unlink(missing_ok=True)
+        if full:
+            raise GlnetError(f"{path}: no space left on device") from None
         raise
+
+
+# Less free space than this after a failed write: the write failed for want of space.
+FULL_DISK_BYTES = 1 << 20
+
+
+@contextmanager
+def full_disk_as_error(path: str | Path) -> Iterator[None]:
+    """Turn a failure of writing ``path`` (or temporary files beside it) on a full disk into
+    ``GlnetError("PATH: no space left on device")``.
+
+    GDAL, SQLite and torch report a full disk in words of their own (TIFF
+    directory errors, SQL, Errno 28 without a path), and some as a different
+    error altogether; so besides ``ENOSPC`` a failure is taken for a full
+    disk when the output's file system has almost no space left. Enter it
+    before the block that removes the temporary files: once they are gone the
+    space is back.
+    """
+    try:
+        yield
+    except BaseException as exc:
+        if _disk_full(exc, Path(path)):
+            raise GlnetError(f"{path}: no space left on device") from None
+        raise
+
+
+def _disk_full(exc: BaseException, path: Path) -> bool:
+    if not isinstance(exc, Exception) or isinstance(exc, Cancelled):
+        return False
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return True
+    if isinstance(exc, GlnetError) and str(exc).endswith("no space left on device"):
+        return False  # already said
+    try:
+        return shutil.disk_usage(path.parent if str(path.parent) else ".").free < FULL_DISK_BYTES
+    except OSError:
+        return False
 
 
 def _publish(tmp: Path, path: Path, overwrite: bool) -> None:

@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import Cancelled, GlnetError, OptionError
-from .files import atomic_output, check_output_path
+from .files import atomic_output, check_output_path, full_disk_as_error
 from .modelfile import ModelMeta, read_metadata
 from .windows import Region, Strip, WindowGrid, WindowReader
 
@@ -328,8 +328,19 @@ def _read_aoi(path: Path, layer: str | None, scene_crs, warnings: list[str]) -> 
         from rasterio.crs import CRS
 
         vcrs = CRS.from_user_input(crs)
+        if vcrs.is_geographic:
+            x0, y0, x1, y1 = (f(v) for f, v in zip((min, min, max, max),
+                                                   zip(*(g.bounds for g in geoms))))
+            if not (-360 <= x0 and x1 <= 360 and -90 <= y0 and y1 <= 90):
+                raise GlnetError(f"{path}: coordinates up to {max(abs(x0), abs(x1), abs(y0), abs(y1)):.6g} "
+                                 f"are not degrees of its CRS {vcrs.to_string()} (GeoJSON without "
+                                 "a CRS is WGS 84): give the file its CRS (ogr2ogr -a_srs)")
         if vcrs != scene_crs:
-            geoms = [shape(transform_geom(vcrs, scene_crs, mapping(g))) for g in geoms]
+            try:
+                geoms = [shape(transform_geom(vcrs, scene_crs, mapping(g))) for g in geoms]
+            except Exception as exc:  # PROJ errors come as several types
+                raise GlnetError(f"{path}: cannot transform the areas of interest to the "
+                                 f"scene's CRS ({exc})") from None
     elif crs and scene_crs is None:
         warnings.append("the scene has no CRS; area-of-interest coordinates taken as pixels' map "
                         "coordinates")
@@ -600,6 +611,7 @@ def run_job(job: SegmentJob, run: Callable[[SegmentJob, WorkFiles, _Progress], l
                         if job.probabilities else None)
             temps: list[Path] = []
             stack.callback(lambda: [_remove(p) for p in temps])
+            stack.enter_context(full_disk_as_error(job.output))
             result = _run(job, run, tmp_out, tmp_prob, temps, report)
         style = None
         if opts.style:

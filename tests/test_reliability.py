@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from affine import Affine
 
 from glnet.cli import main
 
@@ -234,3 +235,107 @@ def test_nonfinite_pixels_are_nodata_with_one_warning(scene, model, tmp_path, ca
         mask = ds.read(1)
     bad = ~np.isfinite(data).all(axis=0)
     assert (mask[bad] == 255).all() and (mask[~bad] != 255).all()
+
+
+# -- 8. a full disk --------------------------------------------------------------------------
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 2 MiB tmpfs, filled up but for nothing; skipped where mounting is not permitted."""
+    import subprocess
+
+    folder = tmp_path / "full"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        with open(folder / "filler", "wb") as f:
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError:
+                pass
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_full_disk_is_called_a_full_disk(scene, model, full_disk, capsys):
+    commands = [
+        ("synth", full_disk / "s", "--size", "512"),
+        ("segment", scene / "scene.tif", "-m", model, "-o", full_disk / "mask.tif", "--mode", "1"),
+        ("vectorize", scene / "labels.tif", "-o", full_disk / "labels.gpkg"),
+        ("train", scene / "scene.tif", "--labels", scene / "labels.tif", "-o",
+         full_disk / "m.glnet", "--stages", "1", "--epochs", "1", "--windows-per-epoch", "1",
+         "--window", "128", "--patch", "64", "--global-size", "64", "--quiet"),
+    ]
+    for args in commands:
+        code, err = glnet(capsys, *args)
+        path = args[1] if args[0] == "synth" else args[args.index("-o") + 1]
+        one_line_error(code, err, f"{path}: no space left on device")
+        assert [p.name for p in full_disk.iterdir()] == ["filler"], args[0]
+
+
+# -- 7. and 9. errors that name the option or the file ---------------------------------------
+
+def test_segment_option_and_input_errors_name_them(scene, model, tmp_path, capsys):
+    out = tmp_path / "mask.tif"
+    base = ("segment", scene / "scene.tif", "-m", model, "-o", out)
+    one_line_error(*glnet(capsys, *base, "--refine-threshold", "7"), "refine threshold")
+    one_line_error(*glnet(capsys, *base, "--window", "7"), "window size 7")
+    one_line_error(*glnet(capsys, *base, "--threads", "0"), "threads")
+    aoi = tmp_path / "aoi.geojson"  # no CRS, so WGS 84 by the spec, but in UTM metres
+    aoi.write_text('{"type": "FeatureCollection", "features": [{"type": "Feature", '
+                   '"properties": {}, "geometry": {"type": "Polygon", "coordinates": '
+                   '[[[500000, 4000000], [500100, 4000000], [500100, 4000100], '
+                   '[500000, 4000000]]]}}]}')
+    one_line_error(*glnet(capsys, *base, "--aoi", aoi), aoi, "not degrees")
+    truncated = tmp_path / "truncated.tif"
+    truncated.write_bytes((scene / "scene.tif").read_bytes()[:20000])
+    one_line_error(*glnet(capsys, "segment", truncated, "-m", model, "-o", out, "--mode", "1"),
+                   truncated, "truncated")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["aoi.geojson", "m.glnet",
+                                                          "truncated.tif"]
+
+
+def test_train_input_errors_name_the_file(scene, tmp_path, capsys):
+    import fiona
+
+    empty = tmp_path / "empty.gpkg"
+    with fiona.open(empty, "w", driver="GPKG", crs="EPSG:32633", layer="labels",
+                    schema={"geometry": "Polygon", "properties": {"class_id": "int"}}):
+        pass
+    out = tmp_path / "m.glnet"
+    one_line_error(*glnet(capsys, "train", scene / "scene.tif", "--labels", empty, "-o", out),
+                   empty, "no features")
+    truncated = tmp_path / "truncated.tif"
+    truncated.write_bytes((scene / "scene.tif").read_bytes()[:20000])
+    one_line_error(*glnet(capsys, "train", truncated, "--labels", scene / "labels.tif", "-o", out,
+                          "--window", "128"), truncated, "truncated")
+    assert not out.exists() and not list(tmp_path.glob(".m.glnet*"))
+
+
+def test_a_deeply_nested_model_header_is_not_a_recursion_error(tmp_path, capsys):
+    deep = tmp_path / "deep.glnet"
+    text = b"[" * 100_000 + b"]" * 100_000
+    deep.write_bytes(len(text).to_bytes(8, "little") + text)
+    one_line_error(*glnet(capsys, "info", deep), deep, "not JSON")
+
+
+def test_vectorize_names_absent_classes_and_says_when_nothing_was_sieved(scene, tmp_path, capsys):
+    out = tmp_path / "p.gpkg"
+    one_line_error(*glnet(capsys, "vectorize", scene / "labels.tif", "-o", out, "--classes", "42"),
+                   scene / "labels.tif", "classes 42")
+    assert not out.exists()
+    plain = tmp_path / "plain.tif"  # no class table: an absent class gives an empty layer
+    with rasterio.open(plain, "w", driver="GTiff", width=50, height=600, count=1, dtype="uint8",
+                       crs="EPSG:32633", transform=Affine(1, 0, 0, 0, -1, 600)) as ds:
+        ds.write(np.repeat(np.arange(2, dtype=np.uint8), 300)[:, None].repeat(50, 1), 1)
+    assert main(["vectorize", str(plain), "-o", str(out), "--classes", "42",
+                 "--block-size", "100"]) == 0
+    capsys.readouterr()
+    assert main(["vectorize", str(plain), "-o", str(out), "--min-pixels", "2",
+                 "--overwrite"]) == 0
+    assert "no regions under 2 px to sieve" in capsys.readouterr().out
