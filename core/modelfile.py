@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import NetConfig
-from .errors import ModelFileError
+from .errors import ModelFileError, OptionError
 from .files import atomic_output
 
 FORMAT = "glnet-qgis"
@@ -82,18 +82,24 @@ class ModelMeta:
     def __post_init__(self) -> None:
         n = self.net.in_channels
         if len(self.classes) != self.net.num_classes:
-            raise ValueError(f"{len(self.classes)} classes named for a network with "
+            raise OptionError(f"{len(self.classes)} classes named for a network with "
                              f"{self.net.num_classes} outputs")
         if len(self.bands) != n:
-            raise ValueError(f"{len(self.bands)} band names for a network with {n} input bands")
+            raise OptionError(f"{len(self.bands)} band names for a network with {n} input bands")
         if len(self.mean) != n or len(self.std) != n:
-            raise ValueError(f"mean and std need {n} values each")
-        if any(s <= 0 for s in self.std):
-            raise ValueError("std values must be positive")
+            raise OptionError(f"mean and std need {n} values each")
+        if not all(math.isfinite(m) for m in self.mean):
+            raise OptionError(f"mean values must be finite numbers: {self.mean}")
+        if not all(math.isfinite(s) and s > 0 for s in self.std):
+            raise OptionError(f"std values must be positive finite numbers: {self.std}")
+        values = [c.value for c in self.classes]
+        if sorted(values) != list(range(len(values))):
+            raise OptionError(f"class values must be 0 to {len(values) - 1}, each once "
+                              f"(255 is nodata in masks): {values}")
         if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
+            raise OptionError(f"dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
         if any(s not in (1, 2, 3) for s in self.stages):
-            raise ValueError(f"stages must be among 1, 2, 3: {self.stages}")
+            raise OptionError(f"stages must be among 1, 2, 3: {self.stages}")
 
     @property
     def class_names(self) -> list[str]:
@@ -120,7 +126,7 @@ class ModelMeta:
 def _color(value: Any) -> tuple[int, int, int]:
     rgb = tuple(int(v) for v in value)
     if len(rgb) != 3 or not all(0 <= v <= 255 for v in rgb):
-        raise ValueError(f"colour must be three values 0-255: {value!r}")
+        raise OptionError(f"colour must be three values 0-255: {value!r}")
     return rgb  # type: ignore[return-value]
 
 

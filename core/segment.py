@@ -499,6 +499,10 @@ def plan_job(scene: str | Path, meta: ModelMeta, output: str | Path,
     inputs = [scene if isinstance(scene, Path) else None, model_path, Path(opts.aoi) if opts.aoi else None]
     check_output_path(output, opts.overwrite, inputs)
     prob_path = Path(opts.probabilities) if opts.probabilities is not None else None
+    for path in (output, prob_path):
+        if path is not None and path.suffix.lower() not in (".tif", ".tiff"):
+            raise GlnetError(f"{path}: masks and probabilities are written as GeoTIFF (COG); "
+                             "give the output a .tif or .tiff name")
     if prob_path is not None:
         if prob_path.resolve() == output.resolve():
             raise GlnetError(f"{prob_path}: the probability raster needs another path than the mask")

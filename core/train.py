@@ -330,6 +330,7 @@ def _train(scenes, classes, output, options: TrainOptions, resume: bool, log, pr
         meta = ModelMeta.from_json(state["meta"])
         if meta.classes != tuple(classes) or meta.net.in_channels != len(scenes[0].bands):
             raise GlnetError(f"{ckpt_path}: checkpoint was made for other classes or bands")
+        _check_resume(ckpt_path, state, options)
     else:
         meta = build_meta(scenes, classes, options, log)
 
@@ -468,7 +469,8 @@ def _train(scenes, classes, output, options: TrainOptions, resume: bool, log, pr
                     replace_output = True
             last = out_of_time or epoch == epochs - 1
             if ranks.main:
-                _save_checkpoint(ckpt_path, meta, model, optimizer if not last else None, history,
+                _save_checkpoint(ckpt_path, options, meta, model, optimizer if not last else None,
+                                 history,
                                  best, done if not last else stage_done,
                                  {"stage_index": si + 1 if last else si,
                                   "epoch": 0 if last else epoch + 1},
@@ -494,9 +496,39 @@ def _format_record(r: dict) -> str:
     return text + f" [{r['minutes']:.1f} min]"
 
 
-def _save_checkpoint(path, meta, model, optimizer, history, best, done, pos, stage_best, rng, elapsed):
+# Settings a resumed run may change: they do not alter what the run computes.
+_RESUMABLE = ("max_minutes", "threads", "device", "prefetch", "backbone_weights")
+
+
+def _run_options(options: TrainOptions) -> dict:
+    """The settings that shape a run, as JSON values (what a checkpoint records)."""
+    from dataclasses import asdict
+
+    d = {k: v for k, v in asdict(options).items() if k not in _RESUMABLE}
+    return json.loads(json.dumps(d, sort_keys=True))
+
+
+def _check_resume(path: Path, state: dict, options: TrainOptions) -> None:
+    """Refuse to resume with other settings, or a run that already finished."""
+    recorded = state.get("options")  # checkpoints from before it was recorded have none
+    if recorded is not None:
+        now = _run_options(options)
+        then = json.loads(recorded)
+        changed = sorted(k for k in now if now[k] != then.get(k))
+        if changed:
+            raise GlnetError(f"{path}: the checkpoint was made with other settings "
+                             f"({', '.join(changed).replace('_', ' ')}); resume with the same "
+                             "options, or train anew with --overwrite")
+    if json.loads(state["pos"])["stage_index"] >= len(options.stages):
+        raise GlnetError(f"{path}: the run it records has finished (stages "
+                         f"{', '.join(map(str, state['done']))}); nothing to resume")
+
+
+def _save_checkpoint(path, options, meta, model, optimizer, history, best, done, pos, stage_best,
+                     rng, elapsed):
     payload = {
         "format": CHECKPOINT_FORMAT, "version": 1, "meta": meta.to_json(),
+        "options": json.dumps(_run_options(options)),
         "model": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
         "has_context": model.has_context_branch,
         "optimizer": optimizer.state_dict() if optimizer is not None else None,

@@ -339,3 +339,51 @@ def test_vectorize_names_absent_classes_and_says_when_nothing_was_sieved(scene, 
     assert main(["vectorize", str(plain), "-o", str(out), "--min-pixels", "2",
                  "--overwrite"]) == 0
     assert "no regions under 2 px to sieve" in capsys.readouterr().out
+
+
+# -- 11. odds and ends -----------------------------------------------------------------------
+
+def test_import_official_tells_what_a_file_is(tmp_path, capsys):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello")
+    out = tmp_path / "m.glnet"
+    for path, said in ((notes, "not a PyTorch checkpoint"), (tmp_path, "is a folder"),
+                       (Path("/dev/zero"), "not a regular file")):
+        one_line_error(*glnet(capsys, "import-official", path, path, "-o", out), path, said)
+    assert not out.exists()
+
+
+def test_resume_refuses_other_settings_and_a_finished_run(scene, tmp_path, capsys):
+    out = tmp_path / "m.glnet"
+    args = ["train", scene / "scene.tif", "--labels", scene / "labels.tif", "-o", out,
+            "--stages", "1", "--epochs", "1", "--windows-per-epoch", "1", "--window", "128",
+            "--patch", "64", "--global-size", "64", "--quiet"]
+    assert glnet(capsys, *args)[0] == 0
+    before = digest(out, out.with_name("m.glnet.ckpt"))
+    one_line_error(*glnet(capsys, *args, "--resume", "--seed", "5"), "m.glnet.ckpt", "seed")
+    one_line_error(*glnet(capsys, *args, "--resume"), "m.glnet.ckpt", "has finished")
+    assert digest(out, out.with_name("m.glnet.ckpt")) == before
+
+
+@pytest.mark.parametrize("field,value,said", [("std", float("nan"), "std"),
+                                              ("classes", 255, "class values")])
+def test_model_metadata_refuses_nan_std_and_class_values_out_of_range(model, tmp_path, capsys,
+                                                                     field, value, said):
+    import json
+
+    def change(header):
+        meta = json.loads(header["__metadata__"]["glnet"])
+        if field == "std":
+            meta["std"][0] = value
+        else:
+            meta["classes"][-1]["value"] = value
+        header["__metadata__"]["glnet"] = json.dumps(meta)
+    bad = rewrite_header(model, tmp_path / "bad.glnet", change)
+    one_line_error(*glnet(capsys, "info", bad), bad, said)
+
+
+def test_segment_refuses_a_mask_name_that_is_not_a_geotiff(scene, model, tmp_path, capsys):
+    out = tmp_path / "mask.png"
+    one_line_error(*glnet(capsys, "segment", scene / "scene.tif", "-m", model, "-o", out),
+                   out, ".tif")
+    assert not out.exists()
