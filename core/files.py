@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import Cancelled, GlnetError
+from .errors import GlnetError
 
 
 def check_output_path(path: str | Path, overwrite: bool = False,
@@ -63,10 +63,9 @@ def atomic_output(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
             umask = os.umask(0)
             os.umask(umask)
             os.chmod(tmp_path, 0o666 & ~umask)
-        with full_disk_as_error(path):
-            _publish(tmp_path, path, overwrite)
+        _publish(tmp_path, path, overwrite)
     except BaseException as exc:
-        full = _disk_full(exc, path)
+        full = _disk_full(exc, path)  # asked before the temporary's space is freed
         tmp_path.unlink(missing_ok=True)
         if full:
             raise GlnetError(f"{path}: no space left on device") from None
@@ -98,12 +97,11 @@ def full_disk_as_error(path: str | Path) -> Iterator[None]:
 
 
 def _disk_full(exc: BaseException, path: Path) -> bool:
-    if not isinstance(exc, Exception) or isinstance(exc, Cancelled):
+    # A GlnetError (cancellation included) already says what went wrong.
+    if not isinstance(exc, Exception) or isinstance(exc, GlnetError):
         return False
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return True
-    if isinstance(exc, GlnetError) and str(exc).endswith("no space left on device"):
-        return False  # already said
     try:
         return shutil.disk_usage(path.parent if str(path.parent) else ".").free < FULL_DISK_BYTES
     except OSError:
