@@ -7,6 +7,8 @@ with 2); a traceback is shown only with ``--debug``.
 from __future__ import annotations
 
 import argparse
+import errno
+import logging
 import os
 import signal
 import sys
@@ -254,6 +256,12 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if not args.debug:
+        # GDAL's messages reach Python's last-resort log handler as bare lines
+        # (a full disk gives dozens of "_tiffWriteProc: ..."); the error they
+        # end in is reported once, below.
+        for name in ("rasterio", "fiona"):
+            logging.getLogger(name).addHandler(logging.NullHandler())
     # A controlling process (the QGIS plugin) stops us with SIGTERM: unwind like
     # Ctrl+C so that temporary outputs are removed.
     previous = signal.signal(signal.SIGTERM, _terminate)
@@ -271,14 +279,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The reader went away (`glnet ... | head`): stop quietly, as Unix tools do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as exc:
+        # A file the engine did not wrap (an unexpected read, a full disk in a
+        # library's own words): name the file, on one line.
+        if args.debug:
+            raise
+        path = exc.filename or _destination(args)
+        what = "no space left on device" if exc.errno == errno.ENOSPC else \
+            (exc.strerror or str(exc) or type(exc).__name__)
+        print(f"glnet {args.command}: error: {path}: {' '.join(what.split())}", file=sys.stderr)
+        return 1
     except Exception as exc:
         if args.debug:
             raise
-        print(f"glnet {args.command}: internal error: {type(exc).__name__}: {exc} "
-              "(run with --debug for the traceback)", file=sys.stderr)
+        text = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line, whatever GDAL says
+        if len(text) > 300:
+            text = text[:300] + " ..."
+        print(f"glnet {args.command}: internal error: {text} (run with --debug for the "
+              "traceback)", file=sys.stderr)
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _destination(args: argparse.Namespace) -> Path | str:
+    """The output the command was writing, to name in an error that names no file."""
+    return getattr(args, "output", None) or getattr(args, "out_dir", None) or "glnet"
 
 
 def _terminate(signum, frame) -> None:
@@ -315,14 +341,6 @@ def _train(args: argparse.Namespace) -> int:
         check_output_path(args.output, args.overwrite, inputs=[*args.images, *args.labels])
     elif not checkpoint_path(args.output).exists():
         raise GlnetError(f"{checkpoint_path(args.output)}: no checkpoint to resume from")
-    classes = read_classes_json(args.classes) if args.classes else None
-    if args.dataset:
-        scenes, classes = scenes_from_folder(args.dataset, bands=args.bands, tiles=args.tiles)
-    else:
-        scenes, classes = scenes_from_pairs(
-            args.images, args.labels, class_field=args.class_field, class_name=args.class_name,
-            classes=classes, background="background" if args.unlabelled == "background" else None,
-            aoi=args.aoi, bands=args.bands)
     stages = tuple(args.stages)
     if not stages or any(s not in (1, 2, 3) for s in stages) or list(stages) != sorted(set(stages)):
         raise GlnetError(f"--stages must be increasing stages among 1, 2, 3, got {args.stages}")
@@ -340,6 +358,15 @@ def _train(args: argparse.Namespace) -> int:
         max_minutes=args.max_minutes, val_fraction=args.val_fraction, balance=args.balance,
         seed=args.seed, backbone_weights=str(args.backbone_weights) if args.backbone_weights else None,
         threads=args.threads, device=args.device, loss=TrainConfig(patches_per_window=args.patches_per_window))
+
+    classes = read_classes_json(args.classes) if args.classes else None
+    if args.dataset:
+        scenes, classes = scenes_from_folder(args.dataset, bands=args.bands, tiles=args.tiles)
+    else:
+        scenes, classes = scenes_from_pairs(
+            args.images, args.labels, class_field=args.class_field, class_name=args.class_name,
+            classes=classes, background="background" if args.unlabelled == "background" else None,
+            aoi=args.aoi, bands=args.bands)
 
     report = _progress(args, "training")
     result = train(scenes, classes, args.output, options, resume=args.resume,
@@ -523,9 +550,9 @@ def _planned(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from .modelfile import describe, read_metadata
+    from .modelfile import check_model_file, describe
 
-    meta = read_metadata(args.model)
+    meta, _ = check_model_file(args.model)
     if args.json:
         print(meta.to_json())
     else:
@@ -542,7 +569,7 @@ def _import_official(args: argparse.Namespace) -> int:
     source = ", ".join(str(p) for p in (args.g, args.g2l, args.l2g) if p is not None)
     model, stages = model_from_official(*states, source=source)
     del states
-    save_model(model, deepglobe_meta(model.cfg, stages), args.output)
+    save_model(model, deepglobe_meta(model.cfg, stages), args.output, overwrite=args.overwrite)
     print(f"wrote {args.output}: official GLNet, DeepGlobe classes, stages {', '.join(map(str, stages))}")
     return 0
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
 
+from .errors import OptionError
+
 BACKBONES = ("resnet18", "resnet34", "resnet50", "efficientnet_lite0")
 
 # Upper bounds that keep a crafted model file from asking for absurd networks.
@@ -52,15 +54,15 @@ class NetConfig:
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
-            raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}, not {self.backbone!r}")
+            raise OptionError(f"backbone must be one of {', '.join(BACKBONES)}, not {self.backbone!r}")
         for name, top in _LIMITS.items():
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= top:
-                raise ValueError(f"{name} must be an integer from 1 to {top}, got {value!r}")
+                raise OptionError(f"{name} must be an integer from 1 to {top}, got {value!r}")
         if self.fuse_kernel not in (1, 3):
-            raise ValueError(f"fuse_kernel must be 1 or 3, got {self.fuse_kernel}")
+            raise OptionError(f"fuse_kernel must be 1 or 3, got {self.fuse_kernel}")
         if self.min_overlap < 0 or self.min_overlap >= self.patch_size:
-            raise ValueError(f"min_overlap must be in [0, patch_size), got {self.min_overlap}")
+            raise OptionError(f"min_overlap must be in [0, patch_size), got {self.min_overlap}")
 
     @property
     def feature_channels(self) -> int:
@@ -75,7 +77,7 @@ class NetConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown network settings: {', '.join(unknown)}")
+            raise OptionError(f"unknown network settings: {', '.join(unknown)}")
         return cls(**data)
 
 
@@ -117,7 +119,7 @@ def preset(name: str, **overrides) -> NetConfig:
     try:
         base = PRESETS[name]
     except KeyError:
-        raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}") from None
+        raise OptionError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}") from None
     return replace(base, **overrides)
 
 

@@ -108,10 +108,19 @@ class TrainingScene:
         Labels are ``IGNORE`` where the image is nodata or outside the area of
         interest; a label value outside ``0..num_classes-1`` is an error.
         """
+        from rasterio.errors import RasterioError
+
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            image = self.ds.read(self.bands, window=window)
-            valid = self.ds.dataset_mask(window=window) > 0
+            try:
+                image = self.ds.read(self.bands, window=window)
+                valid = self.ds.dataset_mask(window=window) > 0
+            except RasterioError as exc:
+                raise GlnetError(f"{self.path}: cannot read pixels {window.col_off},"
+                                 f"{window.row_off} ({window.width}x{window.height}): {exc} "
+                                 "(is the file truncated or corrupt?)") from None
+        if image.dtype.kind == "f":  # NaN and +-inf pixels are nodata, as in segment
+            valid &= np.isfinite(image).all(axis=0)
         labels = self.labels.read(window)
         labels[~valid] = IGNORE
         if self.aoi is not None:

@@ -15,3 +15,11 @@ class ModelFileError(GlnetError):
 
 class Cancelled(GlnetError):
     """The user cancelled a run; nothing was left at the destination."""
+
+
+class OptionError(GlnetError, ValueError):
+    """A setting outside the values it may take; the message names the setting.
+
+    Also a ``ValueError``, so code that validates settings the Python way keeps
+    working, while the CLI and QGIS show it as one line like any ``GlnetError``.
+    """

@@ -1,12 +1,15 @@
 """Output files: checked before work starts, written under a temporary name, renamed at the end.
 
-Nothing the user already had is overwritten unless asked, and a failed or
-cancelled run leaves nothing at the destination.
+Nothing the user already had is overwritten unless asked, not even a file that
+appeared while a run was working, and a failed or cancelled run leaves nothing
+at the destination.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -39,11 +42,14 @@ def check_output_path(path: str | Path, overwrite: bool = False,
 
 
 @contextmanager
-def atomic_output(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it to ``path`` if the block succeeds.
+def atomic_output(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; move it to ``path`` if the block succeeds.
 
-    On any exception (cancellation included) the temporary file is removed and
-    ``path`` is left as it was.
+    Without ``overwrite`` the move refuses, with a ``GlnetError``, a ``path``
+    that appeared while the block ran (another run writing the same output):
+    the check before work starts cannot see that. On any exception
+    (cancellation included) the temporary file is removed and ``path`` is left
+    as it was.
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
@@ -57,7 +63,79 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
             umask = os.umask(0)
             os.umask(umask)
             os.chmod(tmp_path, 0o666 & ~umask)
-        os.replace(tmp_path, path)
-    except BaseException:
+        _publish(tmp_path, path, overwrite)
+    except BaseException as exc:
+        full = _disk_full(exc, path)  # asked before the temporary's space is freed
         tmp_path.unlink(missing_ok=True)
+        if full:
+            raise GlnetError(f"{path}: no space left on device") from None
         raise
+
+
+# Less free space than this after a failed write: the write failed for want of space.
+FULL_DISK_BYTES = 1 << 20
+
+
+@contextmanager
+def full_disk_as_error(path: str | Path) -> Iterator[None]:
+    """Turn a failure of writing ``path`` (or temporary files beside it) on a full disk into
+    ``GlnetError("PATH: no space left on device")``.
+
+    GDAL, SQLite and torch report a full disk in words of their own (TIFF
+    directory errors, SQL, Errno 28 without a path), and some as a different
+    error altogether; so besides ``ENOSPC`` a failure is taken for a full
+    disk when the output's file system has almost no space left. Enter it
+    before the block that removes the temporary files: once they are gone the
+    space is back.
+    """
+    try:
+        yield
+    except BaseException as exc:
+        if _disk_full(exc, Path(path)):
+            raise GlnetError(f"{path}: no space left on device") from None
+        raise
+
+
+def _disk_full(exc: BaseException, path: Path) -> bool:
+    # A GlnetError (cancellation included) already says what went wrong.
+    if not isinstance(exc, Exception) or isinstance(exc, GlnetError):
+        return False
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return True
+    try:
+        return shutil.disk_usage(path.parent if str(path.parent) else ".").free < FULL_DISK_BYTES
+    except OSError:
+        return False
+
+
+def _publish(tmp: Path, path: Path, overwrite: bool) -> None:
+    """Move the finished ``tmp`` to ``path``, over an existing file only with ``overwrite``.
+
+    A hard link fails if ``path`` exists, in the same step that creates it, so
+    of two runs to one output the later one is refused instead of replacing
+    the other's.
+    """
+    if overwrite:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise _appeared(path) from None
+    except OSError as exc:
+        # File systems without hard links (FAT, some network shares): check,
+        # then rename; a run that finishes in between can still be replaced.
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV,
+                             errno.EMLINK, errno.ENOSYS):
+            raise
+        if path.exists():
+            raise _appeared(path) from None
+        os.replace(tmp, path)
+        return
+    tmp.unlink()
+
+
+def _appeared(path: Path) -> GlnetError:
+    return GlnetError(f"{path}: appeared while this run was writing it (another run to the same "
+                      "output?); left as it is and this run's result discarded (use --overwrite "
+                      "to replace it)")

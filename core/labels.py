@@ -165,6 +165,8 @@ class VectorLabels:
                            for f in src if f["geometry"]]
         except fiona.errors.DriverError as exc:
             raise GlnetError(f"{self.path}: not a vector file fiona can read ({exc})") from None
+        if not records:
+            raise GlnetError(f"{self.path}: no features with geometry (an empty label layer)")
         if src_crs and image.crs and not _same_crs(src_crs, image.crs):
             records = [(transform_geom(src_crs, image.crs, g), v) for g, v in records]
         geoms = [shape(g) for g, _ in records]
@@ -175,13 +177,10 @@ class VectorLabels:
         self.ids = np.array([lookup[str(v)] for v in values], dtype=np.int64)
         self.tree = STRtree(geoms)
         self.image = image
-        if geoms:
-            minx, miny, maxx, maxy = np.array([g.bounds for g in geoms]).T
-            b = image.bounds
-            if minx.min() >= b.right or maxx.max() <= b.left or miny.min() >= b.top or maxy.max() <= b.bottom:
-                raise GlnetError(f"{self.path}: labels do not overlap the image {image.name}")
-        else:
-            raise GlnetError(f"{self.path}: no features with geometry")
+        minx, miny, maxx, maxy = np.array([g.bounds for g in geoms]).T
+        b = image.bounds
+        if minx.min() >= b.right or maxx.max() <= b.left or miny.min() >= b.top or maxy.max() <= b.bottom:
+            raise GlnetError(f"{self.path}: labels do not overlap the image {image.name}")
 
     def read(self, window, out_shape=None) -> np.ndarray:
         from rasterio import features, windows

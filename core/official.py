@@ -148,11 +148,24 @@ def load_checkpoint(path) -> dict[str, torch.Tensor]:
     from pathlib import Path
 
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ModelFileError(f"{path}: checkpoint file not found")
+    if path.is_dir():
+        raise ModelFileError(f"{path}: is a folder, not a checkpoint file")
+    if not path.is_file():
+        raise ModelFileError(f"{path}: not a regular file (a device or a pipe?)")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    # torch.save writes a zip archive, or (before PyTorch 1.6) a pickle from protocol 2 on.
+    if magic != b"PK\x03\x04" and not (magic[:1] == b"\x80" and magic[1:2] in b"\x02\x03\x04\x05"):
+        raise ModelFileError(f"{path}: not a PyTorch checkpoint (neither a zip archive nor a "
+                             "pickle)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if "weights only" not in str(exc).lower():
+            raise ModelFileError(f"{path}: not a readable PyTorch checkpoint "
+                                 f"({' '.join(str(exc).split())[:200]})") from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
         raise ModelFileError(f"{path}: refused: the file holds more than plain tensors "
                              f"(loading it would run code from it; {first[:200]})") from None

@@ -71,8 +71,8 @@ from xml.sax.saxutils import escape, quoteattr
 
 import numpy as np
 
-from .errors import GlnetError
-from .files import atomic_output, check_output_path
+from .errors import GlnetError, OptionError
+from .files import atomic_output, check_output_path, full_disk_as_error
 from .modelfile import ClassInfo
 from .palette import default_colors
 
@@ -160,6 +160,7 @@ class VectorizeResult:
     counts: dict[int, int] = field(default_factory=dict)
     areas_m2: dict[int, float] = field(default_factory=dict)
     sieve_pixels: int = 0
+    sieved_pixels: int = 0    # pixels the sieve gave to a neighbouring region
     warnings: list[str] = field(default_factory=list)
 
 
@@ -385,8 +386,11 @@ def _has_mask(ds) -> bool:
     return ds.mask_flag_enums[0] != [MaskFlags.all_valid]
 
 
-def _sieve(ds, size: int, workdir: Path) -> Path:
-    """Sieve ``ds``'s band 1 into a raw file (row-major, the band's dtype) in ``workdir``."""
+def _sieve(ds, size: int, workdir: Path) -> tuple[Path, int]:
+    """Sieve ``ds``'s band 1 into a raw file (row-major, the band's dtype) in ``workdir``.
+
+    Returns the file and how many pixels the sieve changed.
+    """
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning
     from rasterio.features import sieve
@@ -416,11 +420,13 @@ def _sieve(ds, size: int, workdir: Path) -> Path:
         out = np.memmap(raw, dtype=ds.dtypes[0], mode="w+", shape=(h, w))
         sieve(rasterio.band(ds, 1), min(size, h * w), out=out, mask=mask_band, connectivity=4)
         out.flush()
+        changed = sum(int((ds.read(1, window=Window(0, r0, w, min(1024, h - r0)))
+                           != out[r0:r0 + 1024]).sum()) for r0 in range(0, h, 1024))
         del out
     finally:
         if mask_ds is not None:
             mask_ds.close()
-    return raw
+    return raw, changed
 
 
 def _strips(ds, block: int, sieved: Path | None) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
@@ -687,7 +693,8 @@ class _Seams:
             lookup = np.full(n, -1, np.int64)
             for i, r in roots.items():
                 lookup[i] = r
-            self.above_group = np.where(bottom_owner >= 0, lookup[bottom_owner], -1)
+            # -1 (no polygon) picks the appended -1, also when this strip has none
+            self.above_group = np.append(lookup, -1)[bottom_owner]
             self.above_value = bottom_values
             still_open = set(roots.values())
         else:
@@ -836,6 +843,10 @@ def vectorize(mask: str | Path, output: str | Path, options: VectorizeOptions | 
     with rasterio.Env(GDAL_CACHEMAX=_GDAL_CACHE), open_mask(mask) as ds:
         ground = ground_of(ds.crs, ds.transform, ds.width, ds.height)
         known, table, notes = mask_classes(ds, classes)
+        absent = sorted(set(options.class_ids or ()) - set(known))
+        if known and absent:
+            raise OptionError(f"{mask}: classes {', '.join(map(str, absent))} are not among "
+                              f"the mask's classes ({', '.join(map(str, sorted(known)))})")
         if ground.kind == "none":
             notes.append(f"{mask}: has no CRS; polygons are in its own coordinates (pixels if "
                          "it has no geotransform), area_m2 and perimeter_m are left empty, and "
@@ -847,14 +858,15 @@ def vectorize(mask: str | Path, output: str | Path, options: VectorizeOptions | 
             size = math.ceil(options.min_area / ground.pixel_area - 1e-9)
         result = VectorizeResult(output, driver, layer, sieve_pixels=size if size > 1 else 0,
                                  warnings=notes)
+        # (the disk check is left first, before the work folder and its space go)
         with tempfile.TemporaryDirectory(prefix=f".{output.name}.", suffix=".work",
-                                         dir=output.parent) as work:
+                                         dir=output.parent) as work, full_disk_as_error(output):
             sieved = None
             span = (0.0, 1.0)
             if size > 1:
                 if progress is not None:
                     progress(0.0, f"sieving regions under {size} px")
-                sieved = _sieve(ds, size, Path(work))
+                sieved, result.sieved_pixels = _sieve(ds, size, Path(work))
                 span = (SIEVE_SHARE, 1.0)
                 if progress is not None:
                     progress(SIEVE_SHARE)
@@ -872,7 +884,7 @@ def vectorize(mask: str | Path, output: str | Path, options: VectorizeOptions | 
             if driver == "ESRI Shapefile":
                 _move_shapefile(staged, output)
             else:
-                with atomic_output(output) as tmp:
+                with atomic_output(output, options.overwrite) as tmp:
                     os.replace(staged, tmp)
     return result
 
@@ -1055,7 +1067,11 @@ def read_layer_style(gpkg: str | Path, layer: str) -> str | None:
 def summary(result: VectorizeResult) -> str:
     """One line about a finished run, for the CLI."""
     areas = f", {sum(result.areas_m2.values()) / 1e6:.4g} km²" if result.areas_m2 else ""
-    sieve = f", regions under {result.sieve_pixels} px sieved" if result.sieve_pixels else ""
+    sieve = ""
+    if result.sieve_pixels:
+        sieve = (f", regions under {result.sieve_pixels} px sieved ({result.sieved_pixels:,} px "
+                 "given to their neighbours)" if result.sieved_pixels else
+                 f", no regions under {result.sieve_pixels} px to sieve")
     n, k = result.features, len(result.counts)
     return (f"wrote {result.path}: {n} polygon{'s' * (n != 1)} in "
             f"{k} class{'es' * (k != 1)}{areas}{sieve}")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .errors import OptionError
 from .patches import PatchGrid
 
 MODES = ("all", "bbox", "confidence", "bbox+confidence")
@@ -33,9 +34,9 @@ class RefinePolicy:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise ValueError(f"refinement mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+            raise OptionError(f"refinement mode must be one of {', '.join(MODES)}, not {self.mode!r}")
         if not 0.0 < self.threshold <= 1.0:
-            raise ValueError(f"confidence threshold must be in (0, 1], got {self.threshold}")
+            raise OptionError(f"refine threshold (confidence) must be in (0, 1], got {self.threshold:g}")
 
 
 def _footprints(grid: PatchGrid, shape: tuple[int, int]) -> np.ndarray:

@@ -43,8 +43,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import Cancelled, GlnetError
-from .files import atomic_output, check_output_path
+from .errors import Cancelled, GlnetError, OptionError
+from .files import atomic_output, check_output_path, full_disk_as_error
 from .modelfile import ModelMeta, read_metadata
 from .windows import Region, Strip, WindowGrid, WindowReader
 
@@ -328,8 +328,19 @@ def _read_aoi(path: Path, layer: str | None, scene_crs, warnings: list[str]) -> 
         from rasterio.crs import CRS
 
         vcrs = CRS.from_user_input(crs)
+        if vcrs.is_geographic:
+            x0, y0, x1, y1 = (f(v) for f, v in zip((min, min, max, max),
+                                                   zip(*(g.bounds for g in geoms))))
+            if not (-360 <= x0 and x1 <= 360 and -90 <= y0 and y1 <= 90):
+                raise GlnetError(f"{path}: coordinates up to {max(abs(x0), abs(x1), abs(y0), abs(y1)):.6g} "
+                                 f"are not degrees of its CRS {vcrs.to_string()} (GeoJSON without "
+                                 "a CRS is WGS 84): give the file its CRS (ogr2ogr -a_srs)")
         if vcrs != scene_crs:
-            geoms = [shape(transform_geom(vcrs, scene_crs, mapping(g))) for g in geoms]
+            try:
+                geoms = [shape(transform_geom(vcrs, scene_crs, mapping(g))) for g in geoms]
+            except Exception as exc:  # PROJ errors come as several types
+                raise GlnetError(f"{path}: cannot transform the areas of interest to the "
+                                 f"scene's CRS ({exc})") from None
     elif crs and scene_crs is None:
         warnings.append("the scene has no CRS; area-of-interest coordinates taken as pixels' map "
                         "coordinates")
@@ -469,6 +480,7 @@ class StripResult:
     refined: int = 0
     model_seconds: float = 0.0
     peak_blend_bytes: int = 0
+    nonfinite: int = 0
 
 
 def plan_job(scene: str | Path, meta: ModelMeta, output: str | Path,
@@ -487,6 +499,10 @@ def plan_job(scene: str | Path, meta: ModelMeta, output: str | Path,
     inputs = [scene if isinstance(scene, Path) else None, model_path, Path(opts.aoi) if opts.aoi else None]
     check_output_path(output, opts.overwrite, inputs)
     prob_path = Path(opts.probabilities) if opts.probabilities is not None else None
+    for path in (output, prob_path):
+        if path is not None and path.suffix.lower() not in (".tif", ".tiff"):
+            raise GlnetError(f"{path}: masks and probabilities are written as GeoTIFF (COG); "
+                             "give the output a .tif or .tiff name")
     if prob_path is not None:
         if prob_path.resolve() == output.resolve():
             raise GlnetError(f"{prob_path}: the probability raster needs another path than the mask")
@@ -508,6 +524,9 @@ def plan_job(scene: str | Path, meta: ModelMeta, output: str | Path,
                          "branch is untrained, so mode 2 and coarse to fine are not available "
                          "(use mode 1)")
     window = opts.window_size or meta.net.window_size
+    if window < meta.net.patch_size:
+        raise OptionError(f"window size {window} px is smaller than the model's patches "
+                          f"({meta.net.patch_size} px)")
     overlap = opts.overlap if opts.overlap is not None else window // 4
     if overlap > window // 2:
         raise GlnetError(f"overlap {overlap} px is more than half the window ({window} px)")
@@ -591,11 +610,12 @@ def run_job(job: SegmentJob, run: Callable[[SegmentJob, WorkFiles, _Progress], l
     opts = job.opts
     with rasterio.Env(GDAL_CACHEMAX=opts.cache_mb * 2**20, GDAL_PAM_ENABLED="NO"):
         with ExitStack() as stack:
-            tmp_out = stack.enter_context(atomic_output(job.output))
-            tmp_prob = (stack.enter_context(atomic_output(job.probabilities))
+            tmp_out = stack.enter_context(atomic_output(job.output, opts.overwrite))
+            tmp_prob = (stack.enter_context(atomic_output(job.probabilities, opts.overwrite))
                         if job.probabilities else None)
             temps: list[Path] = []
             stack.callback(lambda: [_remove(p) for p in temps])
+            stack.enter_context(full_disk_as_error(job.output))
             result = _run(job, run, tmp_out, tmp_prob, temps, report)
         style = None
         if opts.style:
@@ -735,9 +755,11 @@ def run_strip(job: SegmentJob, net, strip: Strip, mask: Path, probabilities: Pat
     try:
         acc = BandAccumulator(grid, meta.net.num_classes, emit)
         with WindowReader(_open_source(job), grid, job.work_region, job.plan.bands,
-                          mask_fn=mask_fn, skip=skip_fn, windows=windows) as reader:
+                          mask_fn=mask_fn, skip=skip_fn, windows=windows,
+                          name=os.fspath(job.scene)) as reader:
             for i, item in enumerate(reader):
                 w = item.window
+                result.nonfinite += item.nonfinite
                 if progress is not None:
                     progress(i / n)
                 if item.array is None:
@@ -850,7 +872,14 @@ def _run(job: SegmentJob, run, tmp_out, tmp_prob, temps, report) -> SegmentResul
         class_pixels={name: int(c) for name, c in zip(names, counts)}, seconds=0.0,
         resampled=resampled, work_size=plan.work_size,
         peak_blend_bytes=max(r.peak_blend_bytes for r in strips_done),
-        model_seconds=sum(r.model_seconds for r in strips_done), warnings=list(plan.warnings))
+        model_seconds=sum(r.model_seconds for r in strips_done),
+        warnings=[*plan.warnings, *_nonfinite_warning(sum(r.nonfinite for r in strips_done))])
+
+
+def _nonfinite_warning(count: int) -> list[str]:
+    if not count:
+        return []
+    return [f"{count:,} pixel(s) of NaN or infinite values treated as nodata (255 in the mask)"]
 
 
 def _resample_back(scene, plan: _Plan, mask_work, mask_tiled, prob_work, prob_tiled, meta, opts,

@@ -64,7 +64,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import GlnetError
-from .files import atomic_output, check_output_path
+from .files import atomic_output, check_output_path, full_disk_as_error
 from .masks import CLASSES_TAG, MASK_DESCRIPTION, NODATA, classes_json, colormap
 from .modelfile import ClassInfo
 
@@ -617,8 +617,6 @@ def synth(out_dir: str | Path, size: int | tuple[int, int] = 4096, bands: int = 
     done (the project's progress convention, see ``progress.py``). Existing
     outputs are refused unless ``overwrite``; a failed run leaves none of them.
     """
-    import rasterio
-
     width, height = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     for v in (width, height):
         if not MIN_SIZE <= v <= MAX_SIZE:
@@ -632,7 +630,21 @@ def synth(out_dir: str | Path, size: int | tuple[int, int] = 4096, bands: int = 
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise GlnetError(f"{out_dir}: exists and is not a folder")
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _synth(out_dir, overwrite, width, height, names, crs_obj, transform, seed,
+                      feature_size, dtype, progress)
+    except BaseException:
+        if created and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # a failed run leaves no empty folder either
+        raise
+
+
+def _synth(out_dir, overwrite, width, height, names, crs_obj, transform, seed,
+           feature_size, dtype, progress) -> SynthResult:
+    import rasterio
+
     paths = [check_output_path(out_dir / name, overwrite) for name in OUTPUTS]
 
     layout = make_layout(width, height, seed, feature_size)
@@ -645,7 +657,8 @@ def synth(out_dir: str | Path, size: int | tuple[int, int] = 4096, bands: int = 
                   tiled=True, blockxsize=TILE, blockysize=TILE, compress="deflate",
                   bigtiff="IF_SAFER", num_threads="ALL_CPUS")
     with ExitStack() as stack:
-        tmp = [stack.enter_context(atomic_output(p)) for p in paths]
+        tmp = [stack.enter_context(atomic_output(p, overwrite)) for p in paths]
+        stack.enter_context(full_disk_as_error(out_dir))  # names the folder, not one file
         with rasterio.open(tmp[0], "w", count=len(names), dtype=dtype, predictor=2, zlevel=1,
                            photometric="RGB" if names[:3] == ("red", "green", "blue")
                            else "MINISBLACK", **common) as img, \

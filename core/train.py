@@ -27,7 +27,7 @@ import torch
 from . import parallel
 from .config import DEFAULT_PRESET, StageConfig, TrainConfig, preset
 from .datasets import Rect, TrainingScene, WindowSampler, augment, split_regions, tile_rect
-from .errors import GlnetError
+from .errors import GlnetError, OptionError
 from .files import atomic_output
 from .glnet import GLNet
 from .labels import IGNORE
@@ -115,6 +115,45 @@ class TrainOptions:
     stats_windows: int = 16
     loss: TrainConfig = field(default_factory=TrainConfig)
 
+    def __post_init__(self) -> None:
+        _check_options(self)
+
+
+# Below this a ResNet trunk (stride 32) has no feature map left to segment.
+MIN_SIZE = 32
+
+
+def _check_options(o: TrainOptions) -> None:
+    """Raise ``OptionError`` naming the first setting outside what it may be."""
+    def whole(name: str, value, low: int) -> None:
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                  or value < low):
+            raise OptionError(f"{name} must be an integer of at least {low}, got {value!r}")
+
+    def positive(name: str, value) -> None:
+        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)
+                                      and value > 0):
+            raise OptionError(f"{name} must be a positive number, got {value!r}")
+
+    for name in ("window_size", "patch_size", "global_size"):
+        whole(name.replace("_", " "), getattr(o, name), MIN_SIZE)
+    if o.patch_size and o.window_size and o.patch_size > o.window_size:
+        raise OptionError(f"patch size {o.patch_size} is larger than the window {o.window_size}")
+    for stage, epochs in o.epochs.items():
+        whole(f"epochs of stage {stage}", epochs, 1)
+    for stage, steps in o.steps.items():
+        whole(f"steps of stage {stage}", steps, 1)
+    for stage, lr in o.lr.items():
+        positive(f"learning rate of stage {stage}", lr)
+    for name in ("windows_per_epoch", "threads", "stats_windows"):
+        whole(name.replace("_", " "), getattr(o, name), 1)
+    whole("patches per window", o.loss.patches_per_window, 1)
+    positive("window metres", o.window_metres)
+    positive("max minutes", o.max_minutes)
+    if not (isinstance(o.val_fraction, (int, float)) and 0 <= o.val_fraction < 1):
+        raise OptionError(f"validation fraction must be at least 0 and below 1, "
+                          f"got {o.val_fraction!r}")
+
 
 @dataclass
 class TrainResult:
@@ -159,6 +198,11 @@ def build_meta(scenes: Sequence[TrainingScene], classes: Sequence[ClassInfo], op
     if window is not None:
         overrides["window_size"] = window
     win = overrides.get("window_size", base.window_size)
+    if options.patch_size and options.patch_size > win:
+        raise OptionError(f"patch size {options.patch_size} is larger than the window {win}")
+    if len(classes) < 2:
+        raise GlnetError(f"{first.path}: only one class to learn ({classes[0].name if classes else '-'}); "
+                         "there is nothing to tell it from (label the rest as background)")
     overrides["patch_size"] = min(options.patch_size or base.patch_size, win)
     overrides["global_size"] = min(options.global_size or base.global_size, win)
     overrides["min_overlap"] = min(base.min_overlap, overrides["patch_size"] // 4)
@@ -333,6 +377,9 @@ def _train(scenes, classes, output, options: TrainOptions, resume: bool, log, pr
     # Temporary files of a run that was killed (SIGKILL leaves no chance to clean up).
     for stale in [] if not ranks.main else [*output.parent.glob(f".{output.name}.*.part"), *output.parent.glob(f".{ckpt_path.name}.*.part")]:
         stale.unlink(missing_ok=True)
+    # What is at ``output`` now the caller let us replace; a file that appears
+    # there later is another run's (files.atomic_output refuses it).
+    replace_output = output.exists()
     if options.threads:
         torch.set_num_threads(options.threads)
     device = check_device(options.device)
@@ -350,6 +397,7 @@ def _train(scenes, classes, output, options: TrainOptions, resume: bool, log, pr
         meta = ModelMeta.from_json(state["meta"])
         if meta.classes != tuple(classes) or meta.net.in_channels != len(scenes[0].bands):
             raise GlnetError(f"{ckpt_path}: checkpoint was made for other classes or bands")
+        _check_resume(ckpt_path, state, options)
     else:
         meta = build_meta(scenes, classes, options, log)
 
@@ -485,16 +533,25 @@ def _train(scenes, classes, output, options: TrainOptions, resume: bool, log, pr
             history.append(record)
             log(_format_record(record))
             miou = ranks.from_main(record.get("val_miou", -0.5))
-            if miou > stage_best["miou"] or not val_windows:
+            # NaN: the validation area has no labelled pixel, so no epoch can be
+            # scored; like no validation area at all, the last model is kept.
+            unscored = not val_windows or math.isnan(miou)
+            if unscored and val_windows and not math.isnan(best["miou"]):
+                log("no labelled pixels in the validation area (validation mIoU undefined): "
+                    "keeping the last model")
+            if miou > stage_best["miou"] or unscored:
                 stage_best = {"miou": miou, "state": copy.deepcopy(model.state_dict())}
             stage_done = done + ((stage,) if stage not in done else ())
-            if miou > best["miou"] or not val_windows:
+            if miou > best["miou"] or unscored:
                 best = {"miou": miou, "stage": stage, "epoch": epoch + 1}
                 if ranks.main:
-                    save_model(model, replace(meta, stages=tuple(sorted(stage_done))), output)
+                    save_model(model, replace(meta, stages=tuple(sorted(stage_done))), output,
+                               overwrite=replace_output)
+                    replace_output = True
             last = out_of_time or epoch == epochs - 1
             if ranks.main:
-                _save_checkpoint(ckpt_path, meta, model, optimizer if not last else None, history,
+                _save_checkpoint(ckpt_path, options, meta, model, optimizer if not last else None,
+                                 history,
                                  best, done if not last else stage_done,
                                  {"stage_index": si + 1 if last else si,
                                   "epoch": 0 if last else epoch + 1},
@@ -520,9 +577,39 @@ def _format_record(r: dict) -> str:
     return text + f" [{r['minutes']:.1f} min]"
 
 
-def _save_checkpoint(path, meta, model, optimizer, history, best, done, pos, stage_best, rng, elapsed):
+# Settings a resumed run may change: they do not alter what the run computes.
+_RESUMABLE = ("max_minutes", "threads", "device", "prefetch", "backbone_weights")
+
+
+def _run_options(options: TrainOptions) -> dict:
+    """The settings that shape a run, as JSON values (what a checkpoint records)."""
+    from dataclasses import asdict
+
+    d = {k: v for k, v in asdict(options).items() if k not in _RESUMABLE}
+    return json.loads(json.dumps(d, sort_keys=True))
+
+
+def _check_resume(path: Path, state: dict, options: TrainOptions) -> None:
+    """Refuse to resume with other settings, or a run that already finished."""
+    recorded = state.get("options")  # checkpoints from before it was recorded have none
+    if recorded is not None:
+        now = _run_options(options)
+        then = json.loads(recorded)
+        changed = sorted(k for k in now if now[k] != then.get(k))
+        if changed:
+            raise GlnetError(f"{path}: the checkpoint was made with other settings "
+                             f"({', '.join(changed).replace('_', ' ')}); resume with the same "
+                             "options, or train anew with --overwrite")
+    if json.loads(state["pos"])["stage_index"] >= len(options.stages):
+        raise GlnetError(f"{path}: the run it records has finished (stages "
+                         f"{', '.join(map(str, state['done']))}); nothing to resume")
+
+
+def _save_checkpoint(path, options, meta, model, optimizer, history, best, done, pos, stage_best,
+                     rng, elapsed):
     payload = {
         "format": CHECKPOINT_FORMAT, "version": 1, "meta": meta.to_json(),
+        "options": json.dumps(_run_options(options)),
         "model": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
         "has_context": model.has_context_branch,
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
@@ -531,7 +618,7 @@ def _save_checkpoint(path, meta, model, optimizer, history, best, done, pos, sta
         "stage_best_state": stage_best["state"], "rng": json.dumps(rng.bit_generator.state),
         "torch_rng": torch.get_rng_state(), "elapsed": float(elapsed),
     }
-    with atomic_output(path) as tmp:
+    with atomic_output(path, overwrite=True) as tmp:
         torch.save(payload, tmp)
 
 

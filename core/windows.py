@@ -254,6 +254,7 @@ class WindowData:
     window: Window
     array: np.ndarray | None
     valid: np.ndarray | None
+    nonfinite: int = 0   # NaN/inf pixels made nodata, counted once over overlapping windows
 
 
 class ReadFailed(GlnetError):
@@ -273,8 +274,10 @@ class WindowReader:
                  region: Region, bands: list[int],
                  mask_fn: Callable[[Window], np.ndarray | None] | None = None,
                  skip: Callable[[Window], bool] | None = None, prefetch: int = 1,
-                 windows: list[Window] | None = None) -> None:
+                 windows: list[Window] | None = None, name: str = "the input") -> None:
         self._open = open_source
+        self._name = name
+        self._grid = grid
         self._windows = list(grid) if windows is None else list(windows)
         self._region = region
         self._bands = bands
@@ -316,6 +319,13 @@ class WindowReader:
                 continue
         return False
 
+    def _fresh(self, w: Window) -> tuple[int, int]:
+        """First row and column of ``w`` that no window before it in the grid covers."""
+        rows, cols = self._grid.rows, self._grid.cols
+        top = rows.starts[w.row - 1] + rows.length - w.top if w.row else 0
+        left = cols.starts[w.col - 1] + cols.length - w.left if w.col else 0
+        return max(top, 0), max(left, 0)
+
     def _run(self) -> None:
         from rasterio.errors import RasterioError
         from rasterio.windows import Window as RioWindow
@@ -334,6 +344,7 @@ class WindowReader:
                                    w.width, w.height)
                     try:
                         array, valid = _read(src, self._bands, rw, kind)
+                        nonfinite = _nonfinite(array, valid, self._fresh(w))
                         if self._mask_fn is not None:
                             extra = self._mask_fn(w)
                             if extra is not None:
@@ -341,10 +352,10 @@ class WindowReader:
                         if not valid.any():
                             array = None
                     except RasterioError as exc:
-                        raise ReadFailed(f"cannot read pixels {rw.col_off},{rw.row_off} "
-                                         f"({rw.width}x{rw.height}) of the input: {exc} "
+                        raise ReadFailed(f"{self._name}: cannot read pixels {rw.col_off},"
+                                         f"{rw.row_off} ({rw.width}x{rw.height}): {exc} "
                                          "(is the file truncated or corrupt?)") from None
-                    item = WindowData(w, array, valid if array is not None else None)
+                    item = WindowData(w, array, valid if array is not None else None, nonfinite)
                     if not self._put(item):
                         return
         except BaseException as exc:  # handed to the consumer, raised there
@@ -381,6 +392,20 @@ def _read(src, bands: list[int], window, kind: str) -> tuple[np.ndarray, np.ndar
     else:
         valid = (src.read_masks(bands, window=window) > 0).any(axis=0)
     return array, valid
+
+
+def _nonfinite(array: np.ndarray, valid: np.ndarray, fresh: tuple[int, int]) -> int:
+    """Make NaN and +-inf pixels (of float rasters) nodata in ``valid``, in place.
+
+    No class can be told from them, and one such value would spread through
+    the network's convolutions. Returns how many were made nodata from row and
+    column ``fresh`` on (the part of the window no earlier window covered).
+    """
+    if array.dtype.kind != "f":
+        return 0
+    bad = valid & ~np.isfinite(array).all(axis=0)
+    valid &= ~bad
+    return int(bad[fresh[0]:, fresh[1]:].sum())
 
 
 def _not_nodata(band: np.ndarray, nodata: float) -> np.ndarray:

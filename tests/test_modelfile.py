@@ -69,7 +69,7 @@ def test_same_model_same_bytes(tmp_path, tiny_cfg):
     blob = blobs.pop()
     (length,) = struct.unpack("<Q", blob[:8])
     assert length % 8 == 0 and list(json.loads(blob[8:8 + length])["__metadata__"]) == [
-        "format", "format_version", "glnet"]
+        "format", "format_version", "glnet", "sha256"]
     assert read_metadata(paths[0]) == meta
     loaded, _ = load_model(paths[0])
     for k, v in model.state_dict().items():

@@ -276,7 +276,11 @@ def test_failed_run_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(S, "_write_polygons", boom)
     with pytest.raises(RuntimeError):
         S.synth(tmp_path / "out", size=256)
-    assert list((tmp_path / "out").iterdir()) == []
+    assert not (tmp_path / "out").exists()  # not even the folder it created
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(RuntimeError):
+        S.synth(tmp_path / "mine", size=256)
+    assert list((tmp_path / "mine").iterdir()) == []  # the user's folder stays
 
 
 def test_cli_refuses_to_overwrite(tmp_path):
