@@ -208,8 +208,15 @@ def _parser() -> argparse.ArgumentParser:
                                        "branch (default all)")
     p.add_argument("--refine-threshold", type=float, default=0.9,
                    help="skip patches whose global confidence is at least this (default 0.9)")
-    p.add_argument("--no-resample", action="store_true",
-                   help="do not resample scenes whose resolution differs from the model's")
+    resample = p.add_mutually_exclusive_group()
+    resample.add_argument("--no-resample", action="store_true",
+                          help="do not resample scenes whose resolution differs from the model's")
+    resample.add_argument("--resolution", type=float, metavar="M",
+                          help="resample the scene to M metres per pixel instead of the model's "
+                               "resolution")
+    p.add_argument("--force-resample", action="store_true",
+                   help="resample even by more than 4x either way (refused otherwise: such a "
+                        "job can take hours or days)")
     p.add_argument("--no-overviews", action="store_true", help="write the COG without overviews")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(run=_segment)
@@ -455,8 +462,19 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _warn(report, text: str) -> None:
+    """A warning on stderr (above a progress bar): a controlling process shows it as one."""
+    from .progress import Bar
+
+    if isinstance(report, Bar):
+        report.bar.write(text, file=sys.stderr)
+    else:
+        print(text, file=sys.stderr, flush=True)
+
+
 def _segment(args: argparse.Namespace) -> int:
-    from .segment import SegmentOptions, segment, source_path
+    from .modelfile import read_metadata
+    from .segment import SegmentOptions, describe_plan, plan_job, segment, source_path
 
     if args.extent is not None and len(args.extent) != 4:
         raise GlnetError("--extent needs four numbers: xmin,ymin,xmax,ymax")
@@ -482,9 +500,22 @@ def _segment(args: argparse.Namespace) -> int:
         aoi_layer=args.aoi_layer, probabilities=args.probabilities,
         probability_kind=args.probability_kind, window_size=args.window, overlap=args.overlap,
         blend=args.blend, mode=args.mode, refine=args.refine, confidence=args.refine_threshold,
-        resample=not args.no_resample, device=args.device, threads=args.threads,
+        resample=not args.no_resample, resolution=args.resolution,
+        force_resample=args.force_resample, device=args.device, threads=args.threads,
         sub_batch=args.batch, overwrite=args.overwrite, overviews=not args.no_overviews)
+    # Every scene is planned, and its plan and warnings shown, before any window is computed.
+    meta = read_metadata(args.model)
+    jobs = [plan_job(scene, meta, output, options, args.model)
+            for scene, output in zip(scenes, outputs)]
     report = _progress(args, "segment")
+    shown: list[list[str]] = []
+    for job in jobs:
+        name = f"{os.path.basename(os.fspath(job.scene))}: " if len(jobs) > 1 else ""
+        plan = describe_plan(job)
+        _log(report, f"plan: {name}{plan[len('plan: '):]}")
+        for text in job.plan.warnings:
+            _warn(report, f"glnet segment: warning: {name}{text}")
+        shown.append(job.plan.warnings)
     try:
         if args.scheduler is not None:
             from .distributed import connect, segment_scenes
@@ -501,9 +532,10 @@ def _segment(args: argparse.Namespace) -> int:
     finally:
         if hasattr(report, "close"):
             report.close()
-    for result in results:
+    for result, before in zip(results, shown):
         for text in result.warnings:
-            print(f"glnet segment: warning: {text}", file=sys.stderr)
+            if text not in before:
+                print(f"glnet segment: warning: {text}", file=sys.stderr)
         total = max(result.valid_pixels, 1)
         shares = ", ".join(f"{name} {100 * n / total:.1f}%"
                            for name, n in result.class_pixels.items())

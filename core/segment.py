@@ -14,9 +14,12 @@ Input handling:
     bands, alpha), a pixel being nodata where all chosen bands are. Windows
     without any valid pixel are skipped.
 resolution:
-    a scene whose ground resolution differs from the model's by more than
-    ``resolution_tolerance`` is resampled to the model's resolution (a warped
-    VRT, read window by window) and the result back to the scene's grid.
+    a scene whose ground resolution differs from the model's (or from
+    ``resolution``) by more than ``resolution_tolerance`` is resampled to it (a
+    warped VRT, read window by window) and the result back to the scene's grid.
+    A factor beyond ``MAX_RESAMPLE`` either way (a 30 m scene for a 0.5 m model
+    is 60x, hours of windows) is refused before any work unless
+    ``force_resample``; ``describe_plan`` says what a planned job will do.
 geotransform:
     rotated and sheared geotransforms are handled when no resampling is needed
     (windows live in pixel space and the output keeps the input's transform);
@@ -53,6 +56,8 @@ ProgressFn = Callable[..., None]
 CancelFn = Callable[[], bool]
 
 PROBABILITY_KINDS = ("classes", "confidence")
+# The largest resampling factor, either way, that ``segment`` accepts without ``force_resample``.
+MAX_RESAMPLE = 4.0
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,10 @@ class SegmentOptions:
         confidence: threshold of the "confidence" rule.
         background: classes the "bbox" rule treats as background.
         resample: resample scenes whose resolution differs from the model's.
+        resolution: metres per pixel to resample the scene to instead of the
+            model's resolution (None: the model's).
+        force_resample: resample even by more than ``MAX_RESAMPLE`` either way
+            (otherwise refused before any work, with what to do instead).
         resolution_tolerance: relative difference tolerated without resampling.
         device: "cpu" or "cuda[:n]".
         threads: torch threads (None: torch's default).
@@ -112,6 +121,8 @@ class SegmentOptions:
     confidence: float = 0.9
     background: tuple[int, ...] = (0,)
     resample: bool = True
+    resolution: float | None = None
+    force_resample: bool = False
     resolution_tolerance: float = 0.1
     device: str = "cpu"
     threads: int | None = None
@@ -145,6 +156,16 @@ class SegmentOptions:
             raise GlnetError(f"bands must be 1-based band numbers, got {self.bands!r}")
         if self.resolution_tolerance < 0:
             raise GlnetError("resolution tolerance must not be negative")
+        if self.resolution is not None:
+            if isinstance(self.resolution, bool) or not isinstance(self.resolution, (int, float)) \
+                    or not math.isfinite(self.resolution) or self.resolution <= 0:
+                raise OptionError(f"resolution must be a positive number of metres per pixel, "
+                                  f"got {self.resolution!r}")
+            if not self.resample:
+                raise OptionError(f"resolution {self.resolution:g} m asks for resampling, which "
+                                  "is turned off (no resample): give one or the other")
+        if not isinstance(self.force_resample, bool):
+            raise OptionError(f"force resample must be True or False, got {self.force_resample!r}")
 
     def replace(self, **changes) -> SegmentOptions:
         known = {f.name for f in fields(self)}
@@ -215,6 +236,8 @@ class _Plan:
     work_size: tuple[int, int]     # (height, width) of the work grid
     aoi: list | None               # shapely geometries in the scene's CRS
     warnings: list[str]
+    ground: tuple[float, float] | None = None   # the scene's metres per pixel (x, y)
+    target: float | None = None    # metres per pixel resampled to (with ``resample``)
 
 
 def source_path(scene: str | Path) -> str | Path:
@@ -379,18 +402,20 @@ def _plan(src, scene: str | Path, meta: ModelMeta, opts: SegmentOptions) -> _Pla
 
     factor = None
     ground = ground_resolution(src)
-    if meta.resolution and ground and opts.resample:
-        fx, fy = meta.resolution / ground[0], meta.resolution / ground[1]
+    target = opts.resolution or meta.resolution
+    whose = "the model's" if opts.resolution is None else "the chosen"
+    if target and ground and opts.resample:
+        fx, fy = target / ground[0], target / ground[1]
         if max(abs(fx - 1), abs(fy - 1)) > opts.resolution_tolerance:
             if rotated:
                 raise GlnetError(
                     f"{_name(scene)} has a rotated or sheared geotransform and a resolution of "
-                    f"{ground[0]:.3g} m, the model {meta.resolution:g} m: resample the scene to a "
+                    f"{ground[0]:.3g} m, {whose} {target:g} m: resample the scene to a "
                     f"north-up grid first (gdalwarp -tr), or turn resampling off")
             factor = (fx, fy)
             warnings.append(f"scene resolution {ground[0]:.3g} x {ground[1]:.3g} m resampled to "
-                            f"the model's {meta.resolution:g} m and the mask back")
-    elif meta.resolution and ground is None:
+                            f"{whose} {target:g} m and the mask back")
+    elif target and ground is None:
         warnings.append("the scene's resolution is unknown (no CRS): not resampled")
     if factor is None:
         work_transform = out_transform
@@ -399,7 +424,8 @@ def _plan(src, scene: str | Path, meta: ModelMeta, opts: SegmentOptions) -> _Pla
         work_transform = out_transform @ Affine.scale(*factor)
         work_size = (max(1, math.ceil(region.height / factor[1] - 1e-9)),
                      max(1, math.ceil(region.width / factor[0] - 1e-9)))
-    return _Plan(bands, region, out_transform, factor, work_transform, work_size, aoi, warnings)
+    return _Plan(bands, region, out_transform, factor, work_transform, work_size, aoi, warnings,
+                 ground, target if factor is not None else None)
 
 
 # -- running -------------------------------------------------------------------------------
@@ -535,6 +561,7 @@ def plan_job(scene: str | Path, meta: ModelMeta, output: str | Path,
         grid = WindowGrid.build(height, width, window, overlap, min(opts.blend, max(overlap, 1)))
     except ValueError as exc:
         raise GlnetError(str(exc)) from None
+    _check_factor(scene, plan, grid, meta, opts)
 
     if plan.resample is None:
         work_region, source_kwargs = plan.region, None
@@ -547,6 +574,55 @@ def plan_job(scene: str | Path, meta: ModelMeta, output: str | Path,
                                          else Resampling.bilinear))
     return SegmentJob(scene, output, prob_path, meta, opts, plan, crs, grid, mode, work_region,
                       source_kwargs)
+
+
+def resample_factor(plan: _Plan) -> float | None:
+    """How many times finer (above 1) or coarser (below 1) the work grid is than the scene's."""
+    if plan.resample is None:
+        return None
+    return 1 / max(plan.resample, key=lambda f: abs(math.log(f)))  # the axis that changes most
+
+
+def _metres(value: float) -> str:
+    return f"{value:.3g} m"
+
+
+def _windows(grid: WindowGrid) -> str:
+    h, w = grid.rows.length, grid.cols.length
+    return f"{len(grid)} window{'s' if len(grid) != 1 else ''} of " + \
+        (f"{h} px" if h == w else f"{h} x {w} px")
+
+
+def describe_plan(job: SegmentJob) -> str:
+    """One line of what ``job`` will do, e.g. ``plan: 30720 x 30720 px at 0.5 m (resampled
+    60x from 30 m), 484 windows of 1880 px``."""
+    plan = job.plan
+    height, width = plan.work_size
+    text = f"plan: {width} x {height} px"
+    factor = resample_factor(plan)
+    if factor is not None:
+        text += (f" at {plan.target:g} m (resampled {factor:.3g}x from "
+                 f"{_metres(plan.ground[0])})")
+    elif plan.ground is not None:
+        text += f" at {_metres(plan.ground[0])}"
+    return f"{text}, {_windows(job.grid)}"
+
+
+def _check_factor(scene, plan: _Plan, grid: WindowGrid, meta: ModelMeta,
+                  opts: SegmentOptions) -> None:
+    """Refuse a resampling factor beyond ``MAX_RESAMPLE`` either way, unless forced."""
+    factor = resample_factor(plan)
+    if factor is None or opts.force_resample or 1 / MAX_RESAMPLE <= factor <= MAX_RESAMPLE:
+        return
+    height, width = plan.work_size
+    ground = plan.ground[0]
+    nearest = ground / MAX_RESAMPLE if factor > 1 else ground * MAX_RESAMPLE
+    whose = "the model's" if opts.resolution is None else "the chosen"
+    raise OptionError(
+        f"{_name(scene)}: {_metres(ground)} pixels resampled to {whose} {plan.target:g} m is "
+        f"{factor:.3g}x (more than {MAX_RESAMPLE:g}x either way): {width} x {height} px in "
+        f"{_windows(grid)}; give --resolution M (e.g. --resolution {nearest:.3g}: {MAX_RESAMPLE:g}x), "
+        "--no-resample to segment the scene's own pixels, or --force-resample to run it anyway")
 
 
 def segment(scene: str | Path, model, output: str | Path, options: SegmentOptions | None = None,
