@@ -561,7 +561,7 @@ def plan_job(scene: str | Path, meta: ModelMeta, output: str | Path,
         grid = WindowGrid.build(height, width, window, overlap, min(opts.blend, max(overlap, 1)))
     except ValueError as exc:
         raise GlnetError(str(exc)) from None
-    _check_factor(scene, plan, grid, meta, opts)
+    _check_factor(scene, plan, grid, opts)
 
     if plan.resample is None:
         work_region, source_kwargs = plan.region, None
@@ -608,11 +608,11 @@ def describe_plan(job: SegmentJob) -> str:
     return f"{text}, {_windows(job.grid)}"
 
 
-def _check_factor(scene, plan: _Plan, grid: WindowGrid, meta: ModelMeta,
-                  opts: SegmentOptions) -> None:
+def _check_factor(scene, plan: _Plan, grid: WindowGrid, opts: SegmentOptions) -> None:
     """Refuse a resampling factor beyond ``MAX_RESAMPLE`` either way, unless forced."""
     factor = resample_factor(plan)
-    if factor is None or opts.force_resample or 1 / MAX_RESAMPLE <= factor <= MAX_RESAMPLE:
+    if factor is None or opts.force_resample or \
+            abs(math.log(factor)) <= math.log(MAX_RESAMPLE) + 1e-9:
         return
     height, width = plan.work_size
     ground = plan.ground[0]
@@ -621,8 +621,9 @@ def _check_factor(scene, plan: _Plan, grid: WindowGrid, meta: ModelMeta,
     raise OptionError(
         f"{_name(scene)}: {_metres(ground)} pixels resampled to {whose} {plan.target:g} m is "
         f"{factor:.3g}x (more than {MAX_RESAMPLE:g}x either way): {width} x {height} px in "
-        f"{_windows(grid)}; give --resolution M (e.g. --resolution {nearest:.3g}: {MAX_RESAMPLE:g}x), "
-        "--no-resample to segment the scene's own pixels, or --force-resample to run it anyway")
+        f"{_windows(grid)}; give --resolution M (e.g. --resolution {nearest:.3g}: "
+        f"{MAX_RESAMPLE:g}x), --no-resample to segment the scene's own pixels, or "
+        "--force-resample to run it anyway")
 
 
 def segment(scene: str | Path, model, output: str | Path, options: SegmentOptions | None = None,
