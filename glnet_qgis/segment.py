@@ -44,6 +44,8 @@ class SegmentAlgorithm(GlnetAlgorithm):
     REFINE_THRESHOLD = "REFINE_THRESHOLD"
     THREADS = "THREADS"
     RESAMPLE = "RESAMPLE"
+    RESOLUTION = "RESOLUTION"
+    FORCE_RESAMPLE = "FORCE_RESAMPLE"
     OVERVIEWS = "OVERVIEWS"
     PROBABILITY_KIND = "PROBABILITY_KIND"
     OUTPUT = "OUTPUT"
@@ -76,7 +78,11 @@ class SegmentAlgorithm(GlnetAlgorithm):
             "patches per forward pass, the branches used, and coarse-to-fine refinement: with "
             "'confidence' the local branch skips patches where the global branch is at least "
             "as confident as the threshold. Scenes whose resolution differs from the model's "
-            "are resampled to it unless told not to.\n\n"
+            "are resampled to it (or to the resolution given) unless told not to; a factor "
+            "of more than 4x either way (a 30 m scene for a 0.5 m model is 60x, a job of "
+            "hours) is refused before any work unless forced. The log shows the plan first: "
+            "the size at the model's resolution, the number of windows and the resampling "
+            "factor.\n\n"
             "Runs in the GLNet engine's own Python environment (see the GLNET_PYTHON setting), "
             "never inside QGIS; cancelling stops it and leaves no output."
         )
@@ -129,6 +135,12 @@ class SegmentAlgorithm(GlnetAlgorithm):
         self.addParameter(advanced(QgsProcessingParameterBoolean(
             self.RESAMPLE, self.tr("Resample to the model's resolution when it differs"),
             defaultValue=True)))
+        self.addParameter(advanced(QgsProcessingParameterNumber(
+            self.RESOLUTION, self.tr("Resample to this resolution in metres (empty: the model's)"),
+            QgsProcessingParameterNumber.Double, optional=True, minValue=0.0)))
+        self.addParameter(advanced(QgsProcessingParameterBoolean(
+            self.FORCE_RESAMPLE, self.tr("Resample even by more than 4x (slow)"),
+            defaultValue=False)))
         self.addParameter(advanced(QgsProcessingParameterBoolean(
             self.OVERVIEWS, self.tr("Build overviews"), defaultValue=True)))
         self.addParameter(advanced(QgsProcessingParameterEnum(
@@ -199,8 +211,17 @@ class SegmentAlgorithm(GlnetAlgorithm):
         args += ["--refine", REFINE[self.parameterAsEnum(parameters, self.REFINE, context)],
                  "--refine-threshold",
                  repr(self.parameterAsDouble(parameters, self.REFINE_THRESHOLD, context))]
+        resolution = (self.parameterAsDouble(parameters, self.RESOLUTION, context)
+                      if parameters.get(self.RESOLUTION) not in (None, "") else None)
         if not self.parameterAsBoolean(parameters, self.RESAMPLE, context):
+            if resolution is not None:
+                raise QgsProcessingException(self.tr(
+                    "a resolution to resample to is given, but resampling is turned off"))
             args.append("--no-resample")
+        elif resolution is not None:
+            args.append(f"--resolution={resolution!r}")
+        if self.parameterAsBoolean(parameters, self.FORCE_RESAMPLE, context):
+            args.append("--force-resample")
         if not self.parameterAsBoolean(parameters, self.OVERVIEWS, context):
             args.append("--no-overviews")
         args += self.overwrite_flag(output, probabilities, polygons)
