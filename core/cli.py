@@ -462,8 +462,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _warn(report, text: str) -> None:
-    """A warning on stderr (above a progress bar): a controlling process shows it as one."""
+def _stderr(report, text: str) -> None:
+    """A line on stderr, above a progress bar (a controlling process shows a warning as one)."""
     from .progress import Bar
 
     if isinstance(report, Bar):
@@ -474,6 +474,7 @@ def _warn(report, text: str) -> None:
 
 def _segment(args: argparse.Namespace) -> int:
     from .modelfile import read_metadata
+    from .progress import JsonLines
     from .segment import SegmentOptions, describe_plan, plan_job, segment, source_path
 
     if args.extent is not None and len(args.extent) != 4:
@@ -511,10 +512,13 @@ def _segment(args: argparse.Namespace) -> int:
     shown: list[list[str]] = []
     for job in jobs:
         name = f"{os.path.basename(os.fspath(job.scene))}: " if len(jobs) > 1 else ""
-        plan = describe_plan(job)
-        _log(report, f"plan: {name}{plan[len('plan: '):]}")
+        plan = f"plan: {name}{describe_plan(job)[len('plan: '):]}"
+        if isinstance(report, JsonLines):
+            report(0.0, plan)  # a message, which the QGIS plugin logs
+        else:
+            _stderr(report, plan)
         for text in job.plan.warnings:
-            _warn(report, f"glnet segment: warning: {name}{text}")
+            _stderr(report, f"glnet segment: warning: {name}{text}")
         shown.append(job.plan.warnings)
     try:
         if args.scheduler is not None:
