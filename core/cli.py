@@ -509,25 +509,28 @@ def _segment(args: argparse.Namespace) -> int:
     jobs = [plan_job(scene, meta, output, options, args.model)
             for scene, output in zip(scenes, outputs)]
     report = _progress(args, "segment")
-    shown: list[list[str]] = []
-    for job in jobs:
-        name = f"{os.path.basename(os.fspath(job.scene))}: " if len(jobs) > 1 else ""
-        plan = f"plan: {name}{describe_plan(job)[len('plan: '):]}"
-        if isinstance(report, JsonLines):
-            report(0.0, plan)  # a message, which the QGIS plugin logs
-        else:
-            _stderr(report, plan)
-        for text in job.plan.warnings:
-            _stderr(report, f"glnet segment: warning: {name}{text}")
-        shown.append(job.plan.warnings)
+
+    def show_plans() -> None:
+        for job in jobs:
+            name = f"{os.path.basename(os.fspath(job.scene))}: " if len(jobs) > 1 else ""
+            plan = f"plan: {name}{describe_plan(job)[len('plan: '):]}"
+            if isinstance(report, JsonLines):
+                report(0.0, plan)  # a message, which the QGIS plugin logs
+            else:
+                _stderr(report, plan)
+            for text in job.plan.warnings:
+                _stderr(report, f"glnet segment: warning: {name}{text}")
+
     try:
         if args.scheduler is not None:
             from .distributed import connect, segment_scenes
 
             with connect(args.scheduler, threads_per_worker=args.threads or 1) as client:
+                show_plans()
                 results = segment_scenes(scenes, args.model, outputs, options, client,
                                          progress=report)
         else:
+            show_plans()
             results = []
             for i, (scene, output) in enumerate(zip(scenes, outputs)):
                 def part(fraction, message=None, _i=i):
@@ -536,9 +539,9 @@ def _segment(args: argparse.Namespace) -> int:
     finally:
         if hasattr(report, "close"):
             report.close()
-    for result, before in zip(results, shown):
+    for result, job in zip(results, jobs):
         for text in result.warnings:
-            if text not in before:
+            if text not in job.plan.warnings:  # shown before the work
                 print(f"glnet segment: warning: {text}", file=sys.stderr)
         total = max(result.valid_pixels, 1)
         shares = ", ".join(f"{name} {100 * n / total:.1f}%"
