@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    .venv/bin/python benchmarks/accuracy.py                 # full run (about 30 min on 1 core)
+    .venv/bin/python benchmarks/accuracy.py                 # full run (hours on 2 cores)
     .venv/bin/python benchmarks/accuracy.py --quick         # smoke run, a few minutes
 
 It prints Markdown tables (for the README) on stdout, progress on stderr, and
@@ -10,16 +10,15 @@ writes everything as JSON (``--json``, default ``WORKDIR/accuracy.json``).
 
 Methods
 -------
-All three are the ``fast`` preset's network (ResNet-18 trunks, FPN 64 / 16, 1x1
-fusion), trained from scratch with ``glnet.train.train`` (Adam, poly schedule
-over each stage, focal loss, flips and rotations), seeded, without validation
-(the whole training area is used for training and the model after the last
-step is scored), all at one learning rate, 1e-4 (the project's stage-1 rate).
-The released stage-2 and stage-3 rates (2e-5, 5e-5) fine-tune pretrained
-branches over thousands of steps; from scratch in 300 steps the aggregation
-conv (initialised N(0, 0.01)) hardly moves and GLNet predicted one class
-(mIoU 0.09 in a trial run on synthetic seeds 2 and 3, not the test scene).
-``--lr 1e-4,2e-5,5e-5`` runs the released rates.
+All three are one preset's network (``--preset``, default ``lite``: EfficientNet-Lite0
+trunks from ImageNet weights, FPN 64 / 16, 1x1 fusion), trained with
+``glnet.train.train`` (Adam, poly schedule over each stage, focal loss, flips
+and rotations) with the training defaults (every stage at 1e-4; pretrained
+trunks keep their BatchNorm statistics; ``--lr`` overrides), seeded, without validation (the whole training area is used for
+training and the model after the last step is scored), once per seed of
+``--seeds``; tables give the mean and the spread (half the range) over seeds.
+``--preset fast`` runs the ResNet-18 network from scratch (the first round's
+benchmark).
 
 GLNet
     the three stages, an equal number of optimiser steps each; context
@@ -33,7 +32,7 @@ global only
 local only
     the same network with window = global size = patch size (128 px): its
     "global" branch sees full-resolution patch-sized windows, i.e. a plain
-    ResNet-18 FPN on 128 px tiles. Trained as stage 1, 4 windows per step
+    single-branch FPN of the same trunk on 128 px tiles. Trained as stage 1, 4 windows per step
     (as many full-resolution patches as a GLNet stage-2/3 step has a loss on).
     Scored in mode 1.
 
@@ -60,6 +59,11 @@ LoveDA
     hold-out is context, as it would be in use), labels count only in the
     hold-out: the scoring folder's annotations are LoveDA's with columns
     0-767 set to 0 (no data).
+Dubai
+    the 63 aerial tiles of ``shared/data/real/dubai-aerial`` (6 classes),
+    split by area: trained on the images of tiles 1-5, scored on those of
+    tiles 6 and 7 (``--dubai-split``), so no test pixel lies in any training
+    image.
 
 Scores come from ``glnet.evaluate.evaluate_model`` / ``evaluate_model_on_dataset``
 (what ``glnet evaluate -m`` runs): the scene is segmented by ``glnet.segment``
@@ -84,6 +88,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 LOVEDA = ROOT.parent / "shared" / "data" / "real" / "loveda"
+DUBAI = ROOT.parent / "shared" / "data" / "real" / "dubai-aerial"
 METHODS = ("GLNet", "global only", "local only")
 
 
@@ -206,7 +211,7 @@ def run_method(dataset: str, method: str, data: dict, args: argparse.Namespace, 
             scenes, classes = scenes_from_pairs([data["train"] / "scene.tif"],
                                                 [data["train"] / "labels.tif"])
         else:
-            scenes, classes = scenes_from_folder(data["train"])
+            scenes, classes = scenes_from_folder(data["train"], tiles=data.get("train_tiles"))
         model = work / f"{dataset}-{method.replace(' ', '-')}-{args.preset}-{seed}.glnet"
         for stale in (model, model.with_name(model.name + ".ckpt")):
             stale.unlink(missing_ok=True)
@@ -224,7 +229,8 @@ def run_method(dataset: str, method: str, data: dict, args: argparse.Namespace, 
             ev = evaluate_model(model, data["test"] / "scene.tif", data["test"] / "labels.tif",
                                 segment_options=seg)
         else:
-            ev = evaluate_model_on_dataset(model, data["test"], segment_options=seg)
+            ev = evaluate_model_on_dataset(model, data["test"], segment_options=seg,
+                                           tiles=data.get("test_tiles"))
         score_s = time.perf_counter() - t0
     m = ev.matrix
     out = {"dataset": dataset, "method": method, "seed": seed, "miou": float(m.miou()),
@@ -307,7 +313,8 @@ def main() -> int:
                         help="smoke run: 12 steps, a 512 px synthetic scene (numbers meaningless)")
     parser.add_argument("--steps", type=int, default=900,
                         help="optimiser steps per method (GLNet: a third per stage; default 900)")
-    parser.add_argument("--datasets", default="synthetic,loveda", help="synthetic, loveda or both")
+    parser.add_argument("--datasets", default="synthetic,loveda,dubai",
+                        help="any of synthetic, loveda, dubai (default all three)")
     parser.add_argument("--methods", default=",".join(METHODS),
                         help=f"methods to run (default all: {', '.join(METHODS)})")
     parser.add_argument("--window", type=int, default=416, help="GLNet context window (416)")
@@ -324,6 +331,9 @@ def main() -> int:
     parser.add_argument("--holdout", type=float, default=0.25,
                         help="right-hand share of each LoveDA tile held out for testing (0.25)")
     parser.add_argument("--loveda", type=Path, default=LOVEDA, help="LoveDA sample folder")
+    parser.add_argument("--dubai", type=Path, default=DUBAI, help="Dubai aerial tiles folder")
+    parser.add_argument("--dubai-split", default="1,2,3,4,5/6,7",
+                        help="Dubai tiles to train on / to test on (default 1,2,3,4,5/6,7)")
     parser.add_argument("--lr", type=lambda t: [float(v) for v in t.split(",")], default=None,
                         help="learning rate, or one per GLNet stage (the baselines take the "
                              "first); default: the preset's training defaults")
@@ -343,8 +353,12 @@ def main() -> int:
     if args.steps < 3 or args.steps % 3:
         parser.error("--steps must be a positive multiple of 3 (GLNet runs a third per stage)")
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
-    if not set(datasets) <= {"synthetic", "loveda"}:
-        parser.error("--datasets: choose from synthetic, loveda")
+    if not set(datasets) <= {"synthetic", "loveda", "dubai"}:
+        parser.error("--datasets: choose from synthetic, loveda, dubai")
+    train_tiles, _, test_tiles = args.dubai_split.partition("/")
+    split = ([int(t) for t in train_tiles.split(",")], [int(t) for t in test_tiles.split(",")])
+    if not split[0] or not split[1] or set(split[0]) & set(split[1]):
+        parser.error("--dubai-split: two disjoint lists of tiles, e.g. 1,2,3,4,5/6,7")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods or not set(methods) <= set(METHODS):
         parser.error(f"--methods: choose from {', '.join(METHODS)}")
@@ -361,6 +375,10 @@ def main() -> int:
         data["synthetic"] = synth_data(work, args.synth_size, args.feature_size, args.synth_seeds)
     if "loveda" in datasets:
         data["loveda"] = loveda_data(work, args.loveda, args.holdout)
+    if "dubai" in datasets:
+        # Whole tiles apart: no test pixel lies in any training image.
+        data["dubai"] = {"train": args.dubai, "test": args.dubai, "train_tiles": split[0],
+                         "test_tiles": split[1]}
     for dataset in datasets:
         results[dataset] = [[run_method(dataset, m, data[dataset], args, work, seed)
                              for seed in args.seeds] for m in methods]
@@ -381,7 +399,8 @@ def main() -> int:
     titles = {"synthetic": f"synthetic ({args.synth_size} px, feature size {args.feature_size:g} px; "
                            f"train seed {args.synth_seeds[0]}, test seed {args.synth_seeds[1]})",
               "loveda": f"LoveDA ({data.get('loveda', {}).get('tiles', 0)} tiles; train on columns "
-                        f"0-{(data.get('loveda', {}).get('cut') or 1) - 1}, test on the rest)"}
+                        f"0-{(data.get('loveda', {}).get('cut') or 1) - 1}, test on the rest)",
+              "dubai": f"Dubai aerial (train on tiles {split[0]}, test on tiles {split[1]})"}
     for dataset, rows in results.items():
         print(f"**{titles[dataset]}**\n")
         print(table([summarise(runs) for runs in rows]) + "\n")

@@ -76,7 +76,7 @@ from glnet.patches import PatchGrid
 from glnet.predict import predict_window
 
 # Default window side per preset; None keeps the preset's own window_size.
-DEFAULT_WINDOWS = {"fast": None, "official": 1224}
+DEFAULT_WINDOWS = {"lite": None, "fast": None, "official": 1224}
 
 
 @dataclass
@@ -227,9 +227,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="one timed round after the warm-up (noisier, about 1 minute)")
     parser.add_argument("--repeats", type=int, default=None,
                         help="timed rounds per preset (default 3; 1 with --quick)")
-    parser.add_argument("--presets", nargs="+", default=["fast", "official"],
+    parser.add_argument("--presets", nargs="+", default=["lite", "fast", "official"],
                         choices=sorted(PRESETS),
-                        help="presets to measure (default: fast official)")
+                        help="presets to measure (default: lite fast official)")
     parser.add_argument("--official-window", type=int, default=DEFAULT_WINDOWS["official"],
                         help="window side for the official preset (default 1224; 2448 is its own)")
     parser.add_argument("--fast-window", type=int, default=None,

@@ -39,8 +39,11 @@ class GLNet(nn.Module):
     def __init__(self, cfg: NetConfig, context_branch: bool = False) -> None:
         super().__init__()
         self.cfg = cfg
+        # A first trunk only for its widths: it also keeps the random draws of
+        # the initialisation as they were when the widths came from it, so that
+        # a seeded run builds the same network as before.
+        chans = make_trunk(cfg.backbone, cfg.in_channels).channels
         self.global_backbone = make_trunk(cfg.backbone, cfg.in_channels)
-        chans = self.global_backbone.channels
         dec = dict(in_channels=chans, fpn_channels=cfg.fpn_channels,
                    smooth_channels=cfg.smooth_channels, num_classes=cfg.num_classes,
                    fuse_kernel=cfg.fuse_kernel)

@@ -20,7 +20,8 @@ from qgis.core import (
 from .algorithm import GlnetAlgorithm, advanced, float_list, int_list, join
 from .segment import DEVICES
 
-PRESETS = ("fast", "official")
+# The engine's presets (glnet.config.PRESETS), the default first.
+PRESETS = ("fast", "lite", "official")
 UNLABELLED = ("background", "ignore")
 
 
@@ -42,6 +43,7 @@ class TrainAlgorithm(GlnetAlgorithm):
     GLOBAL_SIZE = "GLOBAL_SIZE"
     STAGES = "STAGES"
     EPOCHS = "EPOCHS"
+    STEPS = "STEPS"
     LR = "LR"
     WINDOWS_PER_EPOCH = "WINDOWS_PER_EPOCH"
     MAX_MINUTES = "MAX_MINUTES"
@@ -125,6 +127,10 @@ class TrainAlgorithm(GlnetAlgorithm):
             self.EPOCHS, self.tr("Epochs per stage, e.g. 20,20,10 (empty: the defaults)"),
             optional=True)))
         self.addParameter(advanced(QgsProcessingParameterString(
+            self.STEPS, self.tr("Optimiser steps per stage instead of epochs, e.g. 300,300,300 "
+                                "(the same on any machine; empty: epochs)"),
+            optional=True)))
+        self.addParameter(advanced(QgsProcessingParameterString(
             self.LR, self.tr("Learning rate per stage, e.g. 1e-4,2e-5,5e-5 (empty: the defaults)"),
             optional=True)))
         self.addParameter(advanced(QgsProcessingParameterNumber(
@@ -201,6 +207,9 @@ class TrainAlgorithm(GlnetAlgorithm):
         epochs = int_list(self.parameterAsString(parameters, self.EPOCHS, context), "epochs")
         if epochs:
             args += ["--epochs", join(epochs)]
+        steps = int_list(self.parameterAsString(parameters, self.STEPS, context), "steps")
+        if steps:
+            args += ["--steps", join(steps)]
         lrs = float_list(self.parameterAsString(parameters, self.LR, context), "learning rates")
         if lrs:
             args += ["--lr", join(f"{v:g}" for v in lrs)]
