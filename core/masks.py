@@ -105,7 +105,12 @@ class MaskWriter:
                  height: int, crs, transform, probabilities_path: Path | None = None,
                  probability_kind: str = "classes") -> None:
         import rasterio
+        from affine import Affine
 
+        if crs is None and transform == Affine.identity():
+            # A scene without georeferencing: no geotransform either (rasterio's identity
+            # written out would put the mask upside down under its image in QGIS).
+            transform = None
         self.classes = list(classes)
         self.counts = np.zeros(len(self.classes), dtype=np.int64)
         self.kind = probability_kind

@@ -4,30 +4,12 @@ and a resampling factor beyond 4x is refused unless "Resample even by more than 
 from __future__ import annotations
 
 import json
-import os
-import sys
-from pathlib import Path
 
 import pytest
-from qgis_support import ROOT, Qgis
+from qgis_support import ROOT, Qgis, engine_python
 from test_segment_plan import write_scene
 
 pytestmark = pytest.mark.qgis
-
-
-def engine_python(folder: Path) -> str:
-    """This Python, importing the engine this test process imports.
-
-    The worker drops PYTHONPATH (it belongs to QGIS's Python); when the tests
-    run with one (an engine from another checkout), a wrapper passes it on.
-    """
-    path = os.environ.get("PYTHONPATH")
-    if not path:
-        return sys.executable
-    wrapper = folder / "python"
-    wrapper.write_text(f'#!/bin/sh\nPYTHONPATH="{path}" exec "{sys.executable}" "$@"\n')
-    wrapper.chmod(0o755)
-    return str(wrapper)
 
 
 @pytest.fixture(scope="module")
