@@ -287,7 +287,7 @@ def _select_bands(src, requested: tuple[int, ...] | None, meta: ModelMeta,
         return list(range(1, n + 1))
     if src.count == n + 1 and src.colorinterp[-1] == ColorInterp.alpha:
         return list(range(1, n + 1))
-    hint = ",".join(str(i) for i in range(1, n + 1))
+    hint = ",".join(["1"] * n if src.count == 1 else (str(i) for i in range(1, n + 1)))
     raise GlnetError(f"{scene} has {src.count} band(s) but the model takes {n} ({names}); "
                      f"choose them in the model's order, e.g. --bands {hint}")
 

@@ -93,3 +93,24 @@ def test_results_of_a_png_lie_on_it_in_qgis(qgis, tmp_path):
     for path in (mask, polygons, vectorized):
         assert extents[str(path)][:2] == [True, [0.0, -96.0, 160.0, 0.0]], (path, extents)
     assert extents[str(mask)][2] is False  # no CRS, like the image
+
+
+def test_a_one_band_image_feeds_a_three_band_model_with_bands_1_1_1(qgis, tmp_path):
+    model = tiny_model(tmp_path / "rgb.glnet")
+    png = write_png(tmp_path / "grey.png", bands=1, height=64, width=96)
+    mask = tmp_path / "grey_mask.tif"
+    params = [f"INPUT={png}", f"MODEL={model}", f"OUTPUT={mask}", "OVERVIEWS=false"]
+
+    proc = qgis.algorithm("glnet:segmentlandcover", *params)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and not mask.exists(), log
+    assert ('the input raster has 1 band(s) but the model takes 3 (band 1, band 2, band 3): '
+            'set "Bands", e.g. 1,1,1') in log, log
+
+    proc = qgis.algorithm("glnet:segmentlandcover", *params, "BANDS=1,1")
+    assert proc.returncode != 0 and '"Bands": the model takes 3 band(s)' in proc.stdout + \
+        proc.stderr
+
+    results = qgis.results("glnet:segmentlandcover", *params, "BANDS=1,1,1")
+    assert results["OUTPUT"] == str(mask) and mask.is_file()
+
