@@ -988,16 +988,16 @@ _STYLES_TABLE = """CREATE TABLE IF NOT EXISTS layer_styles (
 
 
 def category_qml(classes: Sequence[ClassInfo], attribute: str = "class_id") -> str:
-    """A QGIS style (QML): a categorised renderer on ``attribute``, one fill colour a class."""
+    """A QGIS style (QML): a categorised renderer on ``attribute``, the class colour as
+    outline (no fill: the mask or the image shows through)."""
     cats, symbols = [], []
     for i, c in enumerate(classes):
         rgb = ",".join(str(v) for v in c.color)
-        outline = ",".join(str(int(v * 0.6)) for v in c.color)
         cats.append(f'      <category value="{c.value}" label={quoteattr(c.name)} '
                     f'symbol="{i}" render="true"/>')
-        props = {"color": f"{rgb},255", "outline_color": f"{outline},255",
-                 "outline_style": "solid", "outline_width": "0.1", "outline_width_unit": "MM",
-                 "style": "solid", "joinstyle": "bevel"}
+        props = {"color": f"{rgb},0", "outline_color": f"{rgb},255",
+                 "outline_style": "solid", "outline_width": "0.4", "outline_width_unit": "MM",
+                 "style": "no", "joinstyle": "round"}
         options = "".join(f'<Option name="{k}" value="{v}" type="QString"/>'
                           for k, v in props.items())
         legacy = "".join(f'<prop k="{k}" v="{v}"/>' for k, v in props.items())
@@ -1029,8 +1029,9 @@ def category_sld(classes: Sequence[ClassInfo], layer: str, attribute: str = "cla
             f"<se:Rule><se:Name>{escape(c.name)}</se:Name><ogc:Filter><ogc:PropertyIsEqualTo>"
             f"<ogc:PropertyName>{escape(attribute)}</ogc:PropertyName>"
             f"<ogc:Literal>{c.value}</ogc:Literal></ogc:PropertyIsEqualTo></ogc:Filter>"
-            f"<se:PolygonSymbolizer><se:Fill><se:SvgParameter name=\"fill\">{hexcolor}"
-            f"</se:SvgParameter></se:Fill></se:PolygonSymbolizer></se:Rule>")
+            f"<se:PolygonSymbolizer><se:Stroke><se:SvgParameter name=\"stroke\">{hexcolor}"
+            f"</se:SvgParameter><se:SvgParameter name=\"stroke-width\">1.5</se:SvgParameter>"
+            f"</se:Stroke></se:PolygonSymbolizer></se:Rule>")
     return ('<?xml version="1.0" encoding="UTF-8"?>'
             '<StyledLayerDescriptor xmlns="http://www.opengis.net/sld" '
             'xmlns:ogc="http://www.opengis.net/ogc" xmlns:se="http://www.opengis.net/se" '

@@ -114,3 +114,44 @@ def test_a_one_band_image_feeds_a_three_band_model_with_bands_1_1_1(qgis, tmp_pa
     results = qgis.results("glnet:segmentlandcover", *params, "BANDS=1,1,1")
     assert results["OUTPUT"] == str(mask) and mask.is_file()
 
+
+
+LOADED = """
+import processing
+from qgis.core import QgsProject
+png, model, mask, polygons = ARGS
+processing.runAndLoadResults('glnet:segmentlandcover', {
+    'INPUT': png, 'MODEL': model, 'OUTPUT': mask, 'POLYGONS': polygons, 'OVERVIEWS': False})
+out = []
+for layer in QgsProject.instance().mapLayers().values():
+    renderer = layer.renderer()
+    if hasattr(renderer, 'opacity'):
+        out.append([layer.name(), 'raster', renderer.opacity()])
+    else:
+        categories = renderer.categories()  # kept: a category's symbol lives in it
+        symbol = categories[0].symbol().symbolLayer(0)
+        out.append([layer.name(), 'vector', int(symbol.brushStyle()),
+                    symbol.strokeColor().name() == symbol.color().name()])
+print('LOADED' + json.dumps(sorted(out)), flush=True)
+os._exit(0)
+"""
+
+
+def test_loaded_results_are_named_after_their_files_and_styled(qgis, tmp_path):
+    from glnet.polygons import read_layer_style
+
+    model = tiny_model(tmp_path / "m.glnet")
+    png = write_png(tmp_path / "field.png", height=64, width=96)
+    mask, polygons = tmp_path / "field_classes.tif", tmp_path / "field_outlines.gpkg"
+    proc = qgis.pyqgis(LOADED, str(png), str(model), str(mask), str(polygons))
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("LOADED")), None)
+    assert line, (proc.returncode, proc.stdout[-3000:], proc.stderr[-3000:])
+    assert json.loads(line[len("LOADED"):]) == [
+        ["field_classes", "raster", 0.5], ["field_outlines", "vector", 0, True]], line
+
+    # The styles the files carry for QGIS's own "Add layer".
+    qml = mask.with_suffix(".qml").read_text()
+    assert 'type="paletted"' in qml and 'opacity="0.5"' in qml
+    style = read_layer_style(polygons, "field_outlines")
+    assert '<Option name="style" value="no"' in style
+    assert '<Option name="outline_width" value="0.4"' in style
