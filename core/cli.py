@@ -269,6 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # end in is reported once, below.
         for name in ("rasterio", "fiona"):
             logging.getLogger(name).addHandler(logging.NullHandler())
+        _one_line_warnings(args.command)
     # A controlling process (the QGIS plugin) stops us with SIGTERM: unwind like
     # Ctrl+C so that temporary outputs are removed.
     previous = signal.signal(signal.SIGTERM, _terminate)
@@ -460,6 +461,24 @@ def _evaluate(args: argparse.Namespace) -> int:
         report.close()
     print(result.to_json() if args.json else result.format())
     return 0
+
+
+def _one_line_warnings(command: str) -> None:
+    """Python warnings as ``glnet COMMAND: warning: TEXT`` lines, not file:line blocks.
+
+    rasterio's NotGeoreferencedWarning is dropped: segment and vectorize say
+    themselves, once, what a raster without georeferencing means for the output.
+    """
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r"(Dataset has no geotransform|The given matrix "
+                                              r"is equal to Affine\.identity)")
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"glnet {command}: warning: {' '.join(str(message).split())}",
+              file=file or sys.stderr, flush=True)
+
+    warnings.showwarning = show
 
 
 def _stderr(report, text: str) -> None:

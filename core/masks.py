@@ -105,7 +105,12 @@ class MaskWriter:
                  height: int, crs, transform, probabilities_path: Path | None = None,
                  probability_kind: str = "classes") -> None:
         import rasterio
+        from affine import Affine
 
+        if crs is None and transform == Affine.identity():
+            # A scene without georeferencing: no geotransform either (rasterio's identity
+            # written out would put the mask upside down under its image in QGIS).
+            transform = None
         self.classes = list(classes)
         self.counts = np.zeros(len(self.classes), dtype=np.int64)
         self.kind = probability_kind
@@ -183,6 +188,10 @@ def finish_cog(source: Path, destination: Path, *, categorical: bool,
     rasterio.shutil.copy(str(source), str(destination), driver="COG", strict=True, **options)
 
 
+# The mask's opacity in its style: the image shows through, the polygons' outlines on top.
+MASK_OPACITY = 0.5
+
+
 def write_qml(mask_path: Path, classes: Sequence[ClassInfo]) -> Path:
     """Write ``<mask>.qml``: a QGIS paletted style with the class names as legend labels."""
     entries = "\n".join(
@@ -192,7 +201,7 @@ def write_qml(mask_path: Path, classes: Sequence[ClassInfo]) -> Path:
     text = f"""<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
 <qgis version="3.22.0" styleCategories="Symbology">
   <pipe>
-    <rasterrenderer type="paletted" band="1" opacity="1" alphaBand="-1" nodataColor="">
+    <rasterrenderer type="paletted" band="1" opacity="{MASK_OPACITY:g}" alphaBand="-1" nodataColor="">
       <rasterTransparency/>
       <colorPalette>
 {entries}

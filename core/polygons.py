@@ -90,6 +90,9 @@ _SHAPEFILE_PARTS = (".shp", ".shx", ".dbf", ".prj", ".cpg", ".qix", ".sbn", ".sb
 # Integer types GDAL's sieve and polygonize read directly.
 _DTYPES = ("uint8", "uint16", "int16", "int32")
 _WGS84 = (6378137.0, 1 / 298.257223563)
+# QGIS's (and GDAL's drawing tools') grid for a raster without a geotransform: pixel
+# (col, row) at x = col, y = -row. rasterio reports the identity instead, y = +row.
+QGIS_PIXEL_FRAME = (1.0, 0.0, 0.0, 0.0, -1.0, 0.0)
 # GDAL's block cache while sieving and reading strips.
 _GDAL_CACHE = 64 * 1024 * 1024
 DEFAULT_BLOCK_ROWS = 512
@@ -378,6 +381,19 @@ def open_mask(path: str | Path):
         ds.close()
         raise GlnetError(f"{path}: {problem}")
     return ds
+
+
+def has_geotransform(path: str | Path) -> bool:
+    """Whether GDAL finds a geotransform, GCPs or RPCs in ``path`` (rasterio says identity
+    either way; it warns when there is none)."""
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", NotGeoreferencedWarning)
+        with rasterio.open(path):
+            pass
+    return not any(issubclass(w.category, NotGeoreferencedWarning) for w in caught)
 
 
 def _has_mask(ds) -> bool:
@@ -834,6 +850,7 @@ def vectorize(mask: str | Path, output: str | Path, options: VectorizeOptions | 
     cannot be converted) and for an output that exists without ``overwrite``.
     """
     import rasterio
+    from affine import Affine
 
     options = options or VectorizeOptions()
     mask, output = Path(mask), Path(output)
@@ -841,16 +858,24 @@ def vectorize(mask: str | Path, output: str | Path, options: VectorizeOptions | 
     _check_output(output, driver, options.overwrite, mask)
     layer = options.layer or output.stem
     with rasterio.Env(GDAL_CACHEMAX=_GDAL_CACHE), open_mask(mask) as ds:
-        ground = ground_of(ds.crs, ds.transform, ds.width, ds.height)
+        pixels = ds.crs is None and not has_geotransform(mask)
+        # Without a geotransform QGIS (like GDAL's tools that draw) puts pixel (col, row) at
+        # x = col, y = -row; polygons in that frame lie on the mask and on its image in QGIS.
+        ground = ground_of(ds.crs, Affine(*QGIS_PIXEL_FRAME) if pixels else ds.transform, ds.width,
+                           ds.height)
         known, table, notes = mask_classes(ds, classes)
         absent = sorted(set(options.class_ids or ()) - set(known))
         if known and absent:
             raise OptionError(f"{mask}: classes {', '.join(map(str, absent))} are not among "
                               f"the mask's classes ({', '.join(map(str, sorted(known)))})")
-        if ground.kind == "none":
-            notes.append(f"{mask}: has no CRS; polygons are in its own coordinates (pixels if "
-                         "it has no geotransform), area_m2 and perimeter_m are left empty, and "
-                         "--min-area and --simplify are read in those units")
+        if pixels:
+            notes.append(f"{mask}: not georeferenced; polygons are in pixel coordinates as QGIS "
+                         "places the mask (x = column, y = -row), area_m2 and perimeter_m are "
+                         "left empty, and --min-area and --simplify are read in pixels")
+        elif ground.kind == "none":
+            notes.append(f"{mask}: has no CRS; polygons are in its own coordinates, area_m2 "
+                         "and perimeter_m are left empty, and --min-area and --simplify are "
+                         "read in those units")
         for note in notes:
             warnings.warn(note, stacklevel=2)
         size = options.min_pixels or 0
@@ -963,16 +988,16 @@ _STYLES_TABLE = """CREATE TABLE IF NOT EXISTS layer_styles (
 
 
 def category_qml(classes: Sequence[ClassInfo], attribute: str = "class_id") -> str:
-    """A QGIS style (QML): a categorised renderer on ``attribute``, one fill colour a class."""
+    """A QGIS style (QML): a categorised renderer on ``attribute``, the class colour as
+    outline (no fill: the mask or the image shows through)."""
     cats, symbols = [], []
     for i, c in enumerate(classes):
         rgb = ",".join(str(v) for v in c.color)
-        outline = ",".join(str(int(v * 0.6)) for v in c.color)
         cats.append(f'      <category value="{c.value}" label={quoteattr(c.name)} '
                     f'symbol="{i}" render="true"/>')
-        props = {"color": f"{rgb},255", "outline_color": f"{outline},255",
-                 "outline_style": "solid", "outline_width": "0.1", "outline_width_unit": "MM",
-                 "style": "solid", "joinstyle": "bevel"}
+        props = {"color": f"{rgb},0", "outline_color": f"{rgb},255",
+                 "outline_style": "solid", "outline_width": "0.4", "outline_width_unit": "MM",
+                 "style": "no", "joinstyle": "round"}
         options = "".join(f'<Option name="{k}" value="{v}" type="QString"/>'
                           for k, v in props.items())
         legacy = "".join(f'<prop k="{k}" v="{v}"/>' for k, v in props.items())
@@ -1004,8 +1029,9 @@ def category_sld(classes: Sequence[ClassInfo], layer: str, attribute: str = "cla
             f"<se:Rule><se:Name>{escape(c.name)}</se:Name><ogc:Filter><ogc:PropertyIsEqualTo>"
             f"<ogc:PropertyName>{escape(attribute)}</ogc:PropertyName>"
             f"<ogc:Literal>{c.value}</ogc:Literal></ogc:PropertyIsEqualTo></ogc:Filter>"
-            f"<se:PolygonSymbolizer><se:Fill><se:SvgParameter name=\"fill\">{hexcolor}"
-            f"</se:SvgParameter></se:Fill></se:PolygonSymbolizer></se:Rule>")
+            f"<se:PolygonSymbolizer><se:Stroke><se:SvgParameter name=\"stroke\">{hexcolor}"
+            f"</se:SvgParameter><se:SvgParameter name=\"stroke-width\">1.5</se:SvgParameter>"
+            f"</se:Stroke></se:PolygonSymbolizer></se:Rule>")
     return ('<?xml version="1.0" encoding="UTF-8"?>'
             '<StyledLayerDescriptor xmlns="http://www.opengis.net/sld" '
             'xmlns:ogc="http://www.opengis.net/ogc" xmlns:se="http://www.opengis.net/se" '

@@ -287,7 +287,7 @@ def _select_bands(src, requested: tuple[int, ...] | None, meta: ModelMeta,
         return list(range(1, n + 1))
     if src.count == n + 1 and src.colorinterp[-1] == ColorInterp.alpha:
         return list(range(1, n + 1))
-    hint = ",".join(str(i) for i in range(1, n + 1))
+    hint = ",".join(["1"] * n if src.count == 1 else (str(i) for i in range(1, n + 1)))
     raise GlnetError(f"{scene} has {src.count} band(s) but the model takes {n} ({names}); "
                      f"choose them in the model's order, e.g. --bands {hint}")
 
@@ -378,7 +378,8 @@ def _plan(src, scene: str | Path, meta: ModelMeta, opts: SegmentOptions) -> _Pla
     t = src.transform
     rotated = abs(t.b) > 1e-12 or abs(t.d) > 1e-12
     if src.crs is None and t == Affine.identity():
-        warnings.append(f"{_name(scene)} is not georeferenced; the mask will not be either")
+        warnings.append(f"{_name(scene)} is not georeferenced: the mask has no geotransform "
+                        "either and lies on the image in pixel coordinates (as QGIS shows it)")
     dtypes = {src.dtypes[b - 1] for b in bands}
     if meta.dtype not in dtypes:
         warnings.append(f"the model was trained on {meta.dtype} rasters, the scene is "

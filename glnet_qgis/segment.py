@@ -5,7 +5,6 @@ import os
 from qgis.core import (
     QgsProcessing,
     QgsProcessingException,
-    QgsProcessingParameterBand,
     QgsProcessingParameterBoolean,
     QgsProcessingParameterEnum,
     QgsProcessingParameterExtent,
@@ -14,11 +13,19 @@ from qgis.core import (
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
     QgsProcessingParameterVectorDestination,
 )
 
 from . import styles
-from .algorithm import MODEL_FILTER, VECTOR_EXTENSIONS, GlnetAlgorithm, advanced, join
+from .algorithm import (
+    MODEL_FILTER,
+    VECTOR_EXTENSIONS,
+    GlnetAlgorithm,
+    advanced,
+    int_list,
+    join,
+)
 
 DEVICES = ("cpu", "cuda")
 MODES = (None, 1, 2, 3)
@@ -69,8 +76,11 @@ class SegmentAlgorithm(GlnetAlgorithm):
             "one band of class values with nodata 255, the class colours and names. Loaded "
             "from the dialog it is styled with them. Optional outputs: class probabilities in "
             "percent, and the mask as polygons.\n\n"
-            "Bands: the input bands in the order the model takes them (empty: all bands, a "
-            "trailing alpha band dropped). Extent and area of interest limit the work and the "
+            "Bands: the input's band numbers, comma-separated, in the order the model takes "
+            "them, one per model band; a band may repeat (1,1,1 feeds a one-band image to a "
+            "three-band RGB model). Empty: all bands, a trailing alpha band dropped. How many "
+            "bands the model takes, and their names, is in the log's first line and in 'Model "
+            "information'. Extent and area of interest limit the work and the "
             "output; pixels outside the area's polygons are nodata. Device: cpu, or cuda for an "
             "NVIDIA GPU.\n\n"
             "Advanced (empty: the model's own value, read from its metadata): the context "
@@ -89,9 +99,9 @@ class SegmentAlgorithm(GlnetAlgorithm):
 
     def initAlgorithm(self, config=None):
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Input raster")))
-        self.addParameter(QgsProcessingParameterBand(
-            self.BANDS, self.tr("Bands, in the model's order (empty: all)"),
-            parentLayerParameterName=self.INPUT, optional=True, allowMultiple=True))
+        self.addParameter(QgsProcessingParameterString(
+            self.BANDS, self.tr("Bands, in the model's order, e.g. 1,2,3 or 1,1,1 (empty: all)"),
+            optional=True))
         self.addParameter(QgsProcessingParameterFile(
             self.MODEL, self.tr("GLNet model file"), QgsProcessingParameterFile.File,
             fileFilter=MODEL_FILTER))
@@ -157,6 +167,35 @@ class SegmentAlgorithm(GlnetAlgorithm):
             self.POLYGONS, self.tr("Land-cover polygons"), QgsProcessing.TypeVectorPolygon,
             optional=True, createByDefault=False))
 
+    def band_list(self, parameters, context, layer, meta):
+        """The "Bands" parameter as band numbers, checked against the layer and the model."""
+        raw = parameters.get(self.BANDS)
+        if isinstance(raw, (list, tuple)):  # qgis_process BANDS=3 BANDS=2, or an older model
+            text = ",".join(str(v) for v in raw)
+        else:
+            text = self.parameterAsString(parameters, self.BANDS, context)
+        bands = int_list(text, self.tr('"Bands"'))
+        count = layer.bandCount()
+        bad = [b for b in bands if not 1 <= b <= count]
+        if bad:
+            raise QgsProcessingException(self.tr(
+                f'"Bands": the input raster has {count} band(s), so band {bad[0]} does not '
+                f"exist (bands are numbered from 1)"))
+        if meta is not None:
+            n = meta.net.in_channels
+            example = ",".join(["1"] * n) if count == 1 else ",".join(
+                str(i) for i in range(1, n + 1))
+            if bands and len(bands) != n:
+                raise QgsProcessingException(self.tr(
+                    f'"Bands": the model takes {n} band(s) ({", ".join(meta.bands)}), '
+                    f"{len(bands)} given ({join(bands)}): give one input band per model "
+                    f"band, e.g. {example}"))
+            if not bands and count not in (n, n + 1):
+                raise QgsProcessingException(self.tr(
+                    f"the input raster has {count} band(s) but the model takes {n} "
+                    f'({", ".join(meta.bands)}): set "Bands", e.g. {example}'))
+        return bands
+
     def processAlgorithm(self, parameters, context, feedback):
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         scene = self.raster_file(layer, "input raster")
@@ -182,7 +221,7 @@ class SegmentAlgorithm(GlnetAlgorithm):
                                                             context)]]
         if polygons:
             args += ["--polygons", polygons]
-        bands = self.parameterAsInts(parameters, self.BANDS, context)
+        bands = self.band_list(parameters, context, layer, meta)
         if bands:
             args.append(f"--bands={join(bands)}")
         if parameters.get(self.EXTENT) not in (None, ""):

@@ -22,10 +22,12 @@ from qgis.core import (
     QgsVectorLayer,
     QgsWkbTypes,
 )
+from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QColor
 
 CLASSES_TAG = "GLNET_CLASSES"
 NODATA = 255
+MASK_OPACITY = 0.5  # as in the engine's MASK.qml: the image under it, the outlines above
 # Set on a layer styled here (the number of classes), for tests and other tools.
 STYLED_PROPERTY = "glnet/styled_classes"
 # QGIS holds post-processors by pointer only: keep the Python objects alive.
@@ -73,14 +75,16 @@ def paletted_renderer(layer, classes):
 
 
 def categorized_renderer(layer, classes, field="class_id"):
+    """Polygons as outlines in the class colour, no fill (the mask shows through)."""
     categories = []
     for value, name, rgb in classes:
         symbol = QgsSymbol.defaultSymbol(layer.geometryType())
         symbol.setColor(QColor(*rgb))
         if layer.geometryType() == QgsWkbTypes.PolygonGeometry:
             fill = symbol.symbolLayer(0)
-            fill.setStrokeColor(QColor(*rgb).darker(150))
-            fill.setStrokeWidth(0.1)
+            fill.setBrushStyle(Qt.NoBrush)
+            fill.setStrokeColor(QColor(*rgb))
+            fill.setStrokeWidth(0.4)
         categories.append(QgsRendererCategory(value, symbol, name))
     return QgsCategorizedSymbolRenderer(field, categories)
 
@@ -97,7 +101,9 @@ class ClassStyler(QgsProcessingLayerPostProcessorInterface):
         if not self.classes:
             return
         if isinstance(layer, QgsRasterLayer) and layer.bandCount() == 1:
-            layer.setRenderer(paletted_renderer(layer, self.classes))
+            renderer = paletted_renderer(layer, self.classes)
+            renderer.setOpacity(MASK_OPACITY)
+            layer.setRenderer(renderer)
         elif isinstance(layer, QgsVectorLayer) and layer.fields().indexOf("class_id") >= 0:
             layer.setRenderer(categorized_renderer(layer, self.classes))
         else:
@@ -115,11 +121,30 @@ def style_on_load(context, path, classes, name=None):
     key = _load_key(context, path)
     if key is None:
         return False
+    name = name or layer_name(path)
     styler = ClassStyler(classes, name)
     _KEEP.append(styler)
     del _KEEP[:-_KEEP_MAX]
-    context.layerToLoadOnCompletionDetails(key).setPostProcessor(styler)
+    details = context.layerToLoadOnCompletionDetails(key)
+    if name:
+        details.name = name
+    details.setPostProcessor(styler)
     return True
+
+
+def layer_name(path):
+    """A loaded output's layer name: its file name without the extension (None for a
+    temporary output, whose name is the parameter's: QGIS's own name, the description)."""
+    path = os.path.abspath(path.split("|")[0])
+    try:
+        from qgis.core import QgsProcessingUtils
+
+        temp = os.path.abspath(QgsProcessingUtils.tempFolder())
+    except Exception:  # noqa: BLE001 - no Processing temporary folder
+        temp = None
+    if temp and path.startswith(temp + os.sep):
+        return None
+    return os.path.splitext(os.path.basename(path))[0]
 
 
 def _load_key(context, path):

@@ -273,8 +273,39 @@ class _Log:
         return bool(self.feedback is not None and self.feedback.isCanceled())
 
 
+# The engine's hints name its command-line options; in QGIS they become the
+# dialog's parameters (the only place where that translation is made).
+DIALOG_TERMS = (
+    (r"\(use --overwrite to replace it\)", "(choose it again as the output to replace it)"),
+    (r"\(run with --debug for the traceback\)",
+     "(the command line above, run in a terminal with --debug, shows the traceback)"),
+    (r"--bands[ =]", '"Bands" '),
+    (r"--bands\b", '"Bands"'),
+    (r"--resolution[ =]", '"Resample to this resolution" '),
+    (r"--no-resample\b", "turning off \"Resample to the model's resolution\""),
+    (r"--force-resample\b", 'turning on "Resample even by more than 4x"'),
+    (r"--extent\b", '"Extent"'),
+    (r"--aoi\b", '"Area of interest"'),
+    (r"--min-area\b", '"Minimum area"'),
+    (r"--min-pixels\b", '"Minimum region size in pixels"'),
+    (r"--simplify\b", '"Simplification tolerance"'),
+    (r"--classes\b", '"Classes to keep"'),
+    (r"--window\b", '"Context window"'),
+    (r"--device\b", '"Device"'),
+)
+
+
+def dialog_terms(text: str) -> str:
+    """An engine message with its option names as the Processing dialog's parameters."""
+    if "--" not in text:
+        return text
+    for pattern, replacement in DIALOG_TERMS:
+        text = re.sub(pattern, replacement, text)
+    return text
+
+
 def _stderr_line(log: _Log, line: str, errors: list[str]) -> None:
-    text = line.strip()
+    text = dialog_terms(line.strip())
     if not text:
         return
     if text.startswith("{"):

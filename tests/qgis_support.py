@@ -65,6 +65,21 @@ def isolated_env(home: Path, plugin_path: Path | None) -> dict[str, str]:
     return env
 
 
+def engine_python(folder: Path) -> str:
+    """This Python, importing the engine this test process imports (for GLNET_PYTHON).
+
+    The worker drops PYTHONPATH (it belongs to QGIS's Python); when the tests
+    run with one (an engine from another checkout), a wrapper passes it on.
+    """
+    path = os.environ.get("PYTHONPATH")
+    if not path:
+        return sys.executable
+    wrapper = folder / "python"
+    wrapper.write_text(f'#!/bin/sh\nPYTHONPATH="{path}" exec "{sys.executable}" "$@"\n')
+    wrapper.chmod(0o755)
+    return str(wrapper)
+
+
 def metadata(path: Path) -> dict[str, str]:
     parser = configparser.ConfigParser(interpolation=None)
     parser.read(path, encoding="utf-8")

@@ -236,9 +236,8 @@ def test_help_documents_every_parameter(qgis):
         assert f"{name}: {param['description']}" in text, name
     assert "Cloud Optimized GeoTIFF" in text  # the short help
     assert params["INPUT"]["type"]["id"] == "raster"
-    assert params["BANDS"]["type"]["id"] == "band"
-    assert params["BANDS"]["raw_definition"]["allow_multiple"] is True
-    assert params["BANDS"]["raw_definition"]["parent_layer"] == "INPUT"
+    assert params["BANDS"]["type"]["id"] == "string"
+    assert "1,1,1" in params["BANDS"]["description"]
     assert params["EXTENT"]["type"]["id"] == "extent" and params["EXTENT"]["optional"]
     assert params["AOI"]["optional"] and params["DEVICE"]["raw_definition"]["options"] == [
         "cpu", "cuda"]

@@ -4,30 +4,12 @@ and a resampling factor beyond 4x is refused unless "Resample even by more than 
 from __future__ import annotations
 
 import json
-import os
-import sys
-from pathlib import Path
 
 import pytest
-from qgis_support import ROOT, Qgis
+from qgis_support import ROOT, Qgis, engine_python
 from test_segment_plan import write_scene
 
 pytestmark = pytest.mark.qgis
-
-
-def engine_python(folder: Path) -> str:
-    """This Python, importing the engine this test process imports.
-
-    The worker drops PYTHONPATH (it belongs to QGIS's Python); when the tests
-    run with one (an engine from another checkout), a wrapper passes it on.
-    """
-    path = os.environ.get("PYTHONPATH")
-    if not path:
-        return sys.executable
-    wrapper = folder / "python"
-    wrapper.write_text(f'#!/bin/sh\nPYTHONPATH="{path}" exec "{sys.executable}" "$@"\n')
-    wrapper.chmod(0o755)
-    return str(wrapper)
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +40,10 @@ def test_the_plan_is_logged_and_a_5x_factor_needs_forcing(qgis, tmp_path):
     log = proc.stdout + proc.stderr
     assert proc.returncode != 0 and '"results"' not in proc.stdout, log
     assert ("coarse.tif: 2.5 m pixels resampled to the model's 0.5 m is 5x (more than 4x "
-            "either way): 320 x 320 px in 4 windows of 192 px; give --resolution M") in log, log
-    assert "--force-resample to run it anyway" in log and "Traceback" not in log
+            'either way): 320 x 320 px in 4 windows of 192 px; give "Resample to this '
+            'resolution" M') in log, log
+    assert 'turning on "Resample even by more than 4x" to run it anyway' in log
+    assert "Traceback" not in log
     assert list(out.parent.iterdir()) == []
 
     proc = qgis.algorithm("glnet:segmentlandcover", *params, "FORCE_RESAMPLE=true")

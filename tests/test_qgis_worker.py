@@ -248,3 +248,11 @@ def test_last_json(worker):
     assert worker.last_json(["wrote x", '{"b": 2}']) == {"b": 2}
     assert worker.last_json(["nothing"]) is None
     assert json.dumps(worker.last_json(["[1, 2]"])) == "[1, 2]"
+
+
+def test_engine_hints_name_the_dialogs_parameters(worker):
+    assert worker.dialog_terms("give --resolution M, or --force-resample to run it anyway") == (
+        'give "Resample to this resolution" M, or turning on "Resample even by more than 4x" '
+        "to run it anyway")
+    assert "--" not in worker.dialog_terms("x.tif: already exists (use --overwrite to replace it)")
+    assert worker.dialog_terms("e.g. --bands 1,1,1") == 'e.g. "Bands" 1,1,1'
