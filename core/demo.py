@@ -36,8 +36,8 @@ class DemoOptions:
     size: int = 8000
     seed: int = 1
     preset: str = "lite"
-    steps: tuple[int, int, int] = (150, 150, 100)
-    windows_per_epoch: int = 100
+    steps: tuple[int, int, int] = (100, 70, 40)
+    windows_per_epoch: int = 200
     train_minutes: float | None = None
     patches_per_window: int = 4
     min_pixels: int = 16
