@@ -192,7 +192,7 @@ class SegmentAlgorithm(GlnetAlgorithm):
                     f"band, e.g. {example}"))
             if not bands and count not in (n, n + 1):
                 raise QgsProcessingException(self.tr(
-                    f"the input raster has {count} band(s) but the model takes {n} "
+                    f"{layer.source()} has {count} band(s) but the model takes {n} "
                     f'({", ".join(meta.bands)}): set "Bands", e.g. {example}'))
         return bands
 

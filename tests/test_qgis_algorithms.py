@@ -581,7 +581,7 @@ def test_bad_input_reaches_the_user_as_the_engine_says_it(qgis, data, cli_model,
     assert_fails_with(proc, f"{data['grey']} has 1 band(s) but the model takes 3")
     proc = qgis.algorithm("glnet:segmentlandcover", f"INPUT={data['a']}",
                           f"MODEL={cli_model}", f"OUTPUT={out}", "BANDS=1", "BANDS=2")
-    assert_fails_with(proc, "the model takes 3 band(s) (band 1, band 2, band 3); 2 chosen with bands 1,2")
+    assert_fails_with(proc, '"Bands": the model takes 3 band(s) (band 1, band 2, band 3), 2 given (1,2)')
     assert list(tmp_path.iterdir()) == []
 
 
