@@ -667,8 +667,10 @@ def segment(scene: str | Path, model, output: str | Path, options: SegmentOption
         if not mine:
             raise GlnetError(f"{job.output}: another glnet run is writing it (its work folder "
                              f"{folder.name} is locked); wait for it to finish")
+        # A refused --resume leaves the folder as it was.
+        cut, done = _prepare_folder(job, model_path, folder, report)
         try:
-            result = _segment_in(job, model, model_path, folder, report)
+            result = _segment_in(job, model, model_path, folder, cut, done, report)
         except Exception:
             # A failed or cancelled run leaves nothing behind; a killed or
             # interrupted one (Ctrl-C) keeps its finished strips for --resume.
@@ -692,9 +694,9 @@ def _clear_folder(folder: Path, keep_lock: bool) -> None:
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
-def _segment_in(job: SegmentJob, model, model_path: Path | None, folder: Path,
-                report: _Progress) -> SegmentResult:
-    """``segment`` holding the output's work folder ``folder``."""
+def _prepare_folder(job: SegmentJob, model_path: Path | None, folder: Path, report: _Progress
+                    ) -> tuple[list[Strip], dict[int, StripResult]]:
+    """Clean (or, resuming, check) the locked work folder; returns the strips and those done."""
     import json
 
     opts = job.opts
@@ -727,6 +729,14 @@ def _segment_in(job: SegmentJob, model, model_path: Path | None, folder: Path,
     tmp = folder / "run.json.tmp"
     tmp.write_text(json.dumps(identity, indent=1))
     os.replace(tmp, record)
+    return cut, done
+
+
+def _segment_in(job: SegmentJob, model, model_path: Path | None, folder: Path,
+                cut: list[Strip], done: dict[int, StripResult], report: _Progress
+                ) -> SegmentResult:
+    """``segment`` holding the output's work folder ``folder``."""
+    opts = job.opts
     start = next((s.index for s in cut if s.index not in done), len(cut))
     if opts.resume and done:
         report(0.0, f"resuming: {start} of {len(cut)} strips done")
