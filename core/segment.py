@@ -671,10 +671,12 @@ def segment(scene: str | Path, model, output: str | Path, options: SegmentOption
         cut, done = _prepare_folder(job, model_path, folder, report)
         try:
             result = _segment_in(job, model, model_path, folder, cut, done, report)
-        except Exception:
-            # A failed or cancelled run leaves nothing behind; a killed or
-            # interrupted one (Ctrl-C) keeps its finished strips for --resume.
-            _clear_folder(folder, keep_lock=False)
+        except BaseException as exc:
+            # A failed or cancelled run leaves nothing behind, unless it was a
+            # --resume run that was cancelled (Ctrl+C, SIGTERM): that one keeps its
+            # finished strips for the next --resume, as a killed run does.
+            if not (opts.resume and isinstance(exc, (KeyboardInterrupt, Cancelled))):
+                _clear_folder(folder, keep_lock=False)
             raise
         _clear_folder(folder, keep_lock=False)
     result.seconds = time.perf_counter() - started
