@@ -140,9 +140,15 @@ def locked_folder(folder: Path) -> Iterator[bool]:
         yield True
         return
     for _ in range(3):
+        created = not folder.exists()
         folder.mkdir(exist_ok=True)
         lock = folder / "lock"
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:
+            if created:
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

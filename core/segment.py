@@ -667,8 +667,13 @@ def segment(scene: str | Path, model, output: str | Path, options: SegmentOption
         if not mine:
             raise GlnetError(f"{job.output}: another glnet run is writing it (its work folder "
                              f"{folder.name} is locked); wait for it to finish")
-        # A refused --resume leaves the folder as it was.
-        cut, done = _prepare_folder(job, model_path, folder, report)
+        try:
+            cut, done = _prepare_folder(job, model_path, folder, report)
+        except ResumeRefused:
+            raise  # the folder is left as it was
+        except BaseException:
+            _clear_folder(folder, keep_lock=False)
+            raise
         try:
             result = _segment_in(job, model, model_path, folder, cut, done, report)
         except BaseException as exc:
@@ -683,6 +688,10 @@ def segment(scene: str | Path, model, output: str | Path, options: SegmentOption
     if progress is not None:
         progress(1.0)
     return result
+
+
+class ResumeRefused(GlnetError):
+    """``resume`` found a work folder made by a different run (it is left as it is)."""
 
 
 def _clear_folder(folder: Path, keep_lock: bool) -> None:
@@ -719,7 +728,7 @@ def _prepare_folder(job: SegmentJob, model_path: Path | None, folder: Path, repo
             pass
         if before is not None and before != identity:
             what = next((k for k in identity if before.get(k) != identity[k]), "run")
-            raise GlnetError(f"{job.output}: cannot resume: its work folder {folder.name} is from "
+            raise ResumeRefused(f"{job.output}: cannot resume: its work folder {folder.name} is from "
                              f"a different run ({what} differs); run without --resume to start "
                              "over")
         if before is not None:
@@ -752,7 +761,7 @@ def _segment_in(job: SegmentJob, model, model_path: Path | None, folder: Path,
                 return [run_strip(job, net, cut[0], work.mask, work.probabilities,
                                   lambda f: report(share * f))]
         reused = [done[s.index] for s in cut[:start]]
-        total = sum(r.windows for r in _Parts(job, cut, 0, folder).results.values()) or 1
+        total = max(len(job.grid), 1)  # every window is counted in one strip
         left = total - sum(r.windows for r in reused)
         base = share * (1 - left / total)
         new = []
