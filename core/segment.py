@@ -31,6 +31,12 @@ extent and areas of interest:
 files:
     everything is written to temporary files in the output's folder and
     renamed at the end; a failed or cancelled run leaves nothing behind.
+resuming:
+    a single-process run with a model file finishes its rows in strips
+    (``resume_strips``), each renamed into place in a locked work folder beside
+    the output (``files.work_folder``) that records the run (``run_identity``);
+    ``resume`` continues a killed run from them, with the same mask. Without
+    it, what a killed run left beside the output is removed first.
 """
 
 from __future__ import annotations
