@@ -219,6 +219,10 @@ def _parser() -> argparse.ArgumentParser:
                         "job can take hours or days)")
     p.add_argument("--no-overviews", action="store_true", help="write the COG without overviews")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a killed run on the same output (same model, scene and "
+                        "options) from the strips of rows it finished; without it, what a "
+                        "killed run left beside the output is removed")
     p.set_defaults(run=_segment)
 
     p = sub.add_parser(
@@ -522,7 +526,10 @@ def _segment(args: argparse.Namespace) -> int:
         blend=args.blend, mode=args.mode, refine=args.refine, confidence=args.refine_threshold,
         resample=not args.no_resample, resolution=args.resolution,
         force_resample=args.force_resample, device=args.device, threads=args.threads,
-        sub_batch=args.batch, overwrite=args.overwrite, overviews=not args.no_overviews)
+        sub_batch=args.batch, overwrite=args.overwrite, overviews=not args.no_overviews,
+        resume=args.resume)
+    if args.resume and args.scheduler is not None:
+        raise GlnetError("--resume is for runs in one process, not with --scheduler")
     # Every scene is planned, and its plan and warnings shown, before any window is computed.
     meta = read_metadata(args.model)
     jobs = [plan_job(scene, meta, output, options, args.model)
@@ -566,8 +573,10 @@ def _segment(args: argparse.Namespace) -> int:
         shares = ", ".join(f"{name} {100 * n / total:.1f}%"
                            for name, n in result.class_pixels.items())
         skipped = f", {result.skipped} without data skipped" if result.skipped else ""
+        reused = (f", {result.strips_reused} of {result.strips} strips reused"
+                  if result.strips_reused else "")
         print(f"wrote {result.output}: {result.width} x {result.height} px, {result.windows} "
-              f"window(s){skipped}, {result.seconds:.1f} s; {shares}")
+              f"window(s){skipped}{reused}, {result.seconds:.1f} s; {shares}")
     if args.probabilities is not None:
         kind = "per-class probabilities" if args.probability_kind == "classes" else "confidence"
         print(f"wrote {args.probabilities}: {kind} in percent")

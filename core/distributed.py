@@ -30,7 +30,6 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -39,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import Cancelled, GlnetError
+from .files import new_temp
 from .modelfile import read_metadata
 from .segment import (
     SegmentJob,
@@ -222,8 +222,7 @@ def segment_scenes(scenes: Sequence[str | Path], model: str | Path, outputs: Seq
     total = 0
     try:
         for job, cut in zip(jobs, plan_strips(jobs, workers, strips_per_worker)):
-            parts = Path(tempfile.mkdtemp(prefix=f".{job.output.name}.", suffix=".parts",
-                                          dir=job.output.parent))
+            parts = new_temp(job.output, ".parts", folder=True)
             state = _Scene(job, cut, parts, [], {}, 0)
             states.append(state)
             for strip in cut:

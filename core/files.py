@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -52,9 +53,7 @@ def atomic_output(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     as it was.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = new_temp(path, ".part")
     try:
         yield tmp_path
         # mkstemp creates the file private (0600); give it the permissions any
@@ -70,6 +69,105 @@ def atomic_output(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
         if full:
             raise GlnetError(f"{path}: no space left on device") from None
         raise
+
+
+# -- temporary names -----------------------------------------------------------------------
+#
+# Every temporary file or folder of an output OUT is hidden beside it and named
+# ``.OUT.XXXXXXXX<suffix>`` (``new_temp``), except the work folder of a
+# resumable segment run, ``.OUT.glnet-work`` (``work_folder``), whose name a
+# later run must find again. ``stale_temps`` lists them all.
+
+TEMP_SUFFIXES = (".part", ".tiled.tif", ".ptiled.tif", ".work.tif", ".pwork.tif", ".parts")
+WORK_SUFFIX = ".glnet-work"
+_GDAL_SIDE = r"(\.ovr|\.ovr\.tmp|\.aux\.xml|\.msk)?"
+
+
+def temp_prefix(path: str | Path) -> str:
+    return f".{Path(path).name}."
+
+
+def new_temp(beside: str | Path, suffix: str, folder: bool = False) -> Path:
+    """A new empty temporary file (or folder) beside ``beside``, named ``.NAME.XXXXXXXX<suffix>``."""
+    beside = Path(beside)
+    parent = beside.parent if str(beside.parent) else Path(".")
+    if folder:
+        return Path(tempfile.mkdtemp(prefix=temp_prefix(beside), suffix=suffix, dir=parent))
+    fd, name = tempfile.mkstemp(prefix=temp_prefix(beside), suffix=suffix, dir=parent)
+    os.close(fd)
+    return Path(name)
+
+
+def work_folder(output: str | Path) -> Path:
+    """The hidden folder of a resumable run's finished strips, beside ``output``."""
+    output = Path(output)
+    return output.parent / f".{output.name}{WORK_SUFFIX}"
+
+
+def stale_temps(output: str | Path) -> list[Path]:
+    """Temporary files and folders of ``output`` (``new_temp``) that exist, e.g. of a killed run."""
+    output = Path(output)
+    parent = output.parent if str(output.parent) else Path(".")
+    suffixes = "|".join(re.escape(s) for s in TEMP_SUFFIXES)
+    pattern = re.compile(re.escape(temp_prefix(output)) + r"[A-Za-z0-9_]{8}(" + suffixes + ")"
+                         + _GDAL_SIDE + "$")
+    try:
+        return sorted(p for p in parent.iterdir() if pattern.match(p.name))
+    except OSError:
+        return []
+
+
+def remove_stale(output: str | Path) -> None:
+    """Remove what ``stale_temps`` finds (call only while no other run writes ``output``)."""
+    for p in stale_temps(output):
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
+@contextmanager
+def locked_folder(folder: Path) -> Iterator[bool]:
+    """Create ``folder`` if needed and hold an exclusive lock on it while the block runs.
+
+    Yields False, without waiting, if another process holds it (a run still
+    working on the same output). Without ``fcntl`` (Windows) no lock is taken.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        folder.mkdir(exist_ok=True)
+        yield True
+        return
+    for _ in range(3):
+        created = not folder.exists()
+        folder.mkdir(exist_ok=True)
+        lock = folder / "lock"
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:
+            if created:
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            yield False
+            return
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False  # the folder was removed meanwhile by the run that finished
+        if not same:
+            os.close(fd)
+            continue
+        try:
+            yield True
+        finally:
+            os.close(fd)
+        return
+    raise GlnetError(f"{folder}: could not be locked (removed repeatedly by another run?)")
 
 
 # Less free space than this after a failed write: the write failed for want of space.

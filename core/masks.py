@@ -68,10 +68,9 @@ def colormap(classes: Sequence[ClassInfo]) -> dict[int, tuple[int, int, int, int
 
 def temp_path(beside: Path, tag: str) -> Path:
     """A new empty temporary file in ``beside``'s folder (removed by the caller)."""
-    fd, name = tempfile.mkstemp(prefix=f".{beside.name}.", suffix=f".{tag}.tif",
-                                dir=beside.parent)
-    os.close(fd)
-    return Path(name)
+    from .files import new_temp
+
+    return new_temp(beside, f".{tag}.tif")
 
 
 def default_permissions(path: Path) -> None:

@@ -31,6 +31,12 @@ extent and areas of interest:
 files:
     everything is written to temporary files in the output's folder and
     renamed at the end; a failed or cancelled run leaves nothing behind.
+resuming:
+    a single-process run with a model file finishes its rows in strips
+    (``resume_strips``), each renamed into place in a locked work folder beside
+    the output (``files.work_folder``) that records the run (``run_identity``);
+    ``resume`` continues a killed run from them, with the same mask. Without
+    it, what a killed run left beside the output is removed first.
 """
 
 from __future__ import annotations
@@ -47,9 +53,17 @@ from pathlib import Path
 import numpy as np
 
 from .errors import Cancelled, GlnetError, OptionError
-from .files import atomic_output, check_output_path, full_disk_as_error
+from .files import (
+    atomic_output,
+    check_output_path,
+    full_disk_as_error,
+    locked_folder,
+    remove_stale,
+    work_folder,
+)
 from .modelfile import ModelMeta, read_metadata
 from .windows import Region, Strip, WindowGrid, WindowReader
+from .windows import strips as cut_strips
 
 # ``progress(fraction, message=None)``: the project's convention (``glnet.progress``).
 ProgressFn = Callable[..., None]
@@ -99,6 +113,9 @@ class SegmentOptions:
         overviews: build COG overviews.
         style: write ``MASK.qml`` (QGIS legend with class names) beside the mask.
         cache_mb: GDAL block cache while running (bounds reader and writer memory).
+        resume: continue a killed run on the same output from the strips it
+            finished (``resume_strips``), with the same model, scene and options;
+            without it, what a killed run left beside the output is removed.
 
     Memory: a process segmenting with the ``fast`` preset holds torch and the
     model (about 0.95 GB, most of it torch's import), one window's activations
@@ -131,6 +148,7 @@ class SegmentOptions:
     overviews: bool = True
     style: bool = True
     cache_mb: int = 32
+    resume: bool = False
 
     def __post_init__(self) -> None:
         if self.probability_kind not in PROBABILITY_KINDS:
@@ -197,6 +215,8 @@ class SegmentResult:
     peak_blend_bytes: int = 0
     model_seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    strips: int = 1                # resumable strips the rows were cut into
+    strips_reused: int = 0         # of them, finished by an earlier (killed) run and reused
 
 
 class _Progress:
@@ -648,20 +668,150 @@ def segment(scene: str | Path, model, output: str | Path, options: SegmentOption
     model_path = Path(model) if isinstance(model, (str, os.PathLike)) else None
     meta = read_metadata(model_path) if model_path is not None else model[1]
     job = plan_job(scene, meta, output, opts, model_path)
-    _release_freed_memory()
-    net, meta = _load(model, model_path, opts)
-
-    def run(job: SegmentJob, work: WorkFiles, report) -> list[StripResult]:
-        whole = Strip(0, 0, job.grid.rows.size, 0, len(job.grid.rows) - 1)
-        with _threads(opts.threads):
-            return [run_strip(job, net, whole, work.mask, work.probabilities,
-                              lambda f: report(0.9 * f if not job.resampled else 0.8 * f))]
-
-    result = run_job(job, run, report)
+    folder = work_folder(job.output)
+    with locked_folder(folder) as mine:
+        if not mine:
+            raise GlnetError(f"{job.output}: another glnet run is writing it (its work folder "
+                             f"{folder.name} is locked); wait for it to finish")
+        try:
+            cut, done = _prepare_folder(job, model_path, folder, report)
+        except ResumeRefused:
+            raise  # the folder is left as it was
+        except BaseException:
+            _clear_folder(folder, keep_lock=False)
+            raise
+        try:
+            result = _segment_in(job, model, model_path, folder, cut, done, report)
+        except BaseException as exc:
+            # A failed or cancelled run leaves nothing behind, unless it was a
+            # --resume run that was cancelled (Ctrl+C, SIGTERM): that one keeps its
+            # finished strips for the next --resume, as a killed run does.
+            if not (opts.resume and isinstance(exc, (KeyboardInterrupt, Cancelled))):
+                _clear_folder(folder, keep_lock=False)
+            raise
+        _clear_folder(folder, keep_lock=False)
     result.seconds = time.perf_counter() - started
     if progress is not None:
         progress(1.0)
     return result
+
+
+class ResumeRefused(GlnetError):
+    """``resume`` found a work folder made by a different run (it is left as it is)."""
+
+
+def _clear_folder(folder: Path, keep_lock: bool) -> None:
+    import shutil
+
+    if not keep_lock:
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    for p in folder.iterdir():
+        if p.name != "lock":
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def _prepare_folder(job: SegmentJob, model_path: Path | None, folder: Path, report: _Progress
+                    ) -> tuple[list[Strip], dict[int, StripResult]]:
+    """Clean (or, resuming, check) the locked work folder; returns the strips and those done."""
+    import json
+
+    opts = job.opts
+    # What a killed run left beside the outputs (its finished strips aside) is garbage now.
+    for out in (job.output, job.probabilities):
+        if out is not None:
+            remove_stale(out)
+    cut = resume_strips(job) if model_path is not None else [
+        Strip(0, 0, job.grid.rows.size, 0, len(job.grid.rows) - 1)]
+    record = folder / "run.json"
+    identity = run_identity(job, model_path, cut)
+    done: dict[int, StripResult] = {}
+    if opts.resume:
+        before = None
+        try:
+            before = json.loads(record.read_text())
+        except (OSError, ValueError):
+            pass
+        if before is not None and before != identity:
+            what = next((k for k in identity if before.get(k) != identity[k]), "run")
+            raise ResumeRefused(f"{job.output}: cannot resume: its work folder {folder.name} is from "
+                             f"a different run ({what} differs); run without --resume to start "
+                             "over")
+        if before is not None:
+            done = finished_strips(job, folder, cut)
+    if not done:
+        _clear_folder(folder, keep_lock=True)
+        if opts.resume:
+            report(0.0, "resume: nothing to resume; starting from the beginning")
+    tmp = folder / "run.json.tmp"
+    tmp.write_text(json.dumps(identity, indent=1))
+    os.replace(tmp, record)
+    return cut, done
+
+
+def _segment_in(job: SegmentJob, model, model_path: Path | None, folder: Path,
+                cut: list[Strip], done: dict[int, StripResult], report: _Progress
+                ) -> SegmentResult:
+    """``segment`` holding the output's work folder ``folder``."""
+    opts = job.opts
+    start = next((s.index for s in cut if s.index not in done), len(cut))
+    if opts.resume and done:
+        report(0.0, f"resuming: {start} of {len(cut)} strips done")
+    _release_freed_memory()
+    net, _ = _load(model, model_path, job.opts)
+
+    def run(job: SegmentJob, work: WorkFiles, report) -> list[StripResult]:
+        share = 0.8 if job.resampled else 0.9
+        if len(cut) == 1:
+            with _threads(opts.threads):
+                return [run_strip(job, net, cut[0], work.mask, work.probabilities,
+                                  lambda f: report(share * f))]
+        reused = [done[s.index] for s in cut[:start]]
+        total = max(len(job.grid), 1)  # every window is counted in one strip
+        left = total - sum(r.windows for r in reused)
+        base = share * (1 - left / total)
+        new = []
+        if start < len(cut):
+            with _threads(opts.threads):
+                new = run_parts(job, net, cut, start, folder,
+                                lambda f: report(base + (share - base) * f))
+        report(share, "assembling the strips")
+        with_probs = job.probabilities is not None
+        assemble_parts(job, [(s, *_part_files(folder, s, with_probs)[:2]) for s in cut], work)
+        return [*reused, *new]
+
+    result = run_job(job, run, report)
+    result.strips = len(cut)
+    result.strips_reused = start
+    return result
+
+
+def run_identity(job: SegmentJob, model_path: Path | None, cut: list[Strip]) -> dict:
+    """What a resumable run is, recorded in its work folder: a run resumes only its own."""
+    import hashlib
+
+    def stat(path) -> list | None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return [st.st_size, st.st_mtime_ns]
+
+    model = None
+    if model_path is not None:
+        digest = hashlib.sha256()
+        with open(model_path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        model = digest.hexdigest()
+    scene = os.fspath(job.scene)
+    if not scene.startswith("/vsi"):
+        scene = os.path.abspath(scene)
+    ignored = {"overwrite", "resume", "overviews", "style", "cache_mb"}
+    options = {f.name: repr(getattr(job.opts, f.name)) for f in fields(job.opts)
+               if f.name not in ignored}
+    return {"model": model, "scene": scene, "scene file": stat(job.scene),
+            "options": options, "strips": [[s.lo, s.hi, s.first, s.last] for s in cut]}
 
 
 @dataclass
@@ -807,6 +957,35 @@ def run_strip(job: SegmentJob, net, strip: Strip, mask: Path, probabilities: Pat
     Windows are read, predicted and blended exactly as in a run over the
     whole region, so the strip's cells are those of that run.
     """
+    windows = _strip_windows(job, strip)
+    result = StripResult(strip, np.zeros(job.meta.net.num_classes, np.int64),
+                         windows=len(windows))
+    writer = work_writer(job, mask, probabilities, strip)
+
+    def emit(c) -> None:
+        if strip.lo <= c.top < strip.hi:
+            writer.write(c.top - strip.lo, c.left, c.height, c.width, c.probabilities, c.valid)
+
+    try:
+        acc = _segment_rows(job, net, windows, emit, lambda w: result, progress)
+    finally:
+        writer.close()
+    result.counts = writer.counts
+    result.peak_blend_bytes = acc.peak_bytes
+    return result
+
+
+def _strip_windows(job: SegmentJob, strip: Strip) -> list:
+    return [w for w in job.grid if strip.first <= w.row <= strip.last]
+
+
+def _segment_rows(job: SegmentJob, net, windows: list, emit, stats_for,
+                  progress: Callable[[float], None] | None, on_acc=None):
+    """Read, predict and blend ``windows`` in order, handing finished cells to ``emit``.
+
+    ``stats_for(window)`` is the ``StripResult`` a window is counted in (None:
+    not counted). Returns the ``BandAccumulator`` (for its peak memory).
+    """
     import torch
 
     from .predict import default_mode, predict_window
@@ -820,58 +999,191 @@ def run_strip(job: SegmentJob, net, strip: Strip, mask: Path, probabilities: Pat
     if mode == 3 and not net.has_context_branch:
         raise GlnetError("mode 3 needs a model trained through stage 3")
     grid = job.grid
-    windows = [w for w in grid if strip.first <= w.row <= strip.last]
-    result = StripResult(strip, np.zeros(meta.net.num_classes, np.int64), windows=len(windows))
-    writer = work_writer(job, mask, probabilities, strip)
-
-    def emit(c) -> None:
-        if strip.lo <= c.top < strip.hi:
-            writer.write(c.top - strip.lo, c.left, c.height, c.width, c.probabilities, c.valid)
-
     mask_fn, skip_fn = _aoi_functions(job.plan)
     n = max(len(windows), 1)
-    try:
-        acc = BandAccumulator(grid, meta.net.num_classes, emit)
-        with WindowReader(_open_source(job), grid, job.work_region, job.plan.bands,
-                          mask_fn=mask_fn, skip=skip_fn, windows=windows,
-                          name=os.fspath(job.scene)) as reader:
-            for i, item in enumerate(reader):
-                w = item.window
-                result.nonfinite += item.nonfinite
+    unused = StripResult(Strip(0, 0, 0, 0, 0), np.zeros(0, np.int64))
+    acc = BandAccumulator(grid, meta.net.num_classes, emit)
+    if on_acc is not None:
+        on_acc(acc)
+    with WindowReader(_open_source(job), grid, job.work_region, job.plan.bands,
+                      mask_fn=mask_fn, skip=skip_fn, windows=windows,
+                      name=os.fspath(job.scene)) as reader:
+        for i, item in enumerate(reader):
+            w = item.window
+            result = stats_for(w) or unused
+            result.nonfinite += item.nonfinite
+            if progress is not None:
+                progress(i / n)
+            if item.array is None:
+                result.skipped += 1
+                acc.add(w, None, None)
+                continue
+            x = to_tensor(item.array, meta.mean, meta.std, item.valid).to(opts.device)
+            item.array = None
+
+            def on_batch(done, total, _i=i):
                 if progress is not None:
-                    progress(i / n)
-                if item.array is None:
-                    result.skipped += 1
-                    acc.add(w, None, None)
-                    continue
-                x = to_tensor(item.array, meta.mean, meta.std, item.valid).to(opts.device)
-                item.array = None
+                    progress((_i + done / max(total, 1)) / n)
 
-                def on_batch(done, total, _i=i):
-                    if progress is not None:
-                        progress((_i + done / max(total, 1)) / n)
-
-                started = time.perf_counter()
-                pred = predict_window(net, x, mode=mode, policy=policy, sub_batch=opts.sub_batch,
-                                      smooth_patches=opts.smooth_patches, on_batch=on_batch)
-                result.model_seconds += time.perf_counter() - started
-                del x
-                result.patches += pred.patches
-                result.refined += pred.refined
-                probs = pred.probabilities.float()
-                if probs.device.type != "cpu":
-                    probs = probs.cpu()
-                acc.add(w, probs.numpy(), item.valid)
-                del pred, probs
-        if progress is not None:
-            progress(1.0)
-    finally:
-        writer.close()
+            started = time.perf_counter()
+            pred = predict_window(net, x, mode=mode, policy=policy, sub_batch=opts.sub_batch,
+                                  smooth_patches=opts.smooth_patches, on_batch=on_batch)
+            result.model_seconds += time.perf_counter() - started
+            del x
+            result.patches += pred.patches
+            result.refined += pred.refined
+            probs = pred.probabilities.float()
+            if probs.device.type != "cpu":
+                probs = probs.cpu()
+            acc.add(w, probs.numpy(), item.valid)
+            del pred, probs
+    if progress is not None:
+        progress(1.0)
     if opts.device.startswith("cuda"):
         torch.cuda.empty_cache()
-    result.counts = writer.counts
-    result.peak_blend_bytes = acc.peak_bytes
-    return result
+    return acc
+
+
+# -- resumable runs: strips finished into a work folder beside the output -----------------
+
+# Rows of windows per resumable strip: a killed run loses at most this many rows
+# (and one more is computed again); an uninterrupted run computes no window twice.
+STRIP_ROWS = 2
+
+
+def resume_strips(job: SegmentJob) -> list[Strip]:
+    """The strips a single-process run finishes one by one (one if the scene has few rows)."""
+    rows = job.grid.rows
+    return cut_strips(rows, max(1, len(rows) // STRIP_ROWS))
+
+
+def _part_files(folder: Path, strip: Strip, with_probs: bool) -> tuple[Path, Path | None, Path]:
+    stem = folder / f"strip-{strip.index:05d}"
+    return (Path(f"{stem}.tif"), Path(f"{stem}-p.tif") if with_probs else None,
+            Path(f"{stem}.json"))
+
+
+_STAT_FIELDS = ("windows", "skipped", "patches", "refined", "model_seconds", "peak_blend_bytes",
+                "nonfinite")
+
+
+def _save_stats(path: Path, result: StripResult) -> None:
+    import json
+
+    data = {name: getattr(result, name) for name in _STAT_FIELDS}
+    data["counts"] = [int(c) for c in result.counts]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def _load_stats(path: Path, strip: Strip, classes: int) -> StripResult | None:
+    import json
+
+    try:
+        data = json.loads(path.read_text())
+        counts = np.array(data["counts"], np.int64)
+        if counts.shape != (classes,):
+            return None
+        return StripResult(strip, counts, **{name: data[name] for name in _STAT_FIELDS})
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def finished_strips(job: SegmentJob, folder: Path, cut: list[Strip]) -> dict[int, StripResult]:
+    """The strips of ``cut`` whose part files (and counts) are complete in ``folder``."""
+    done = {}
+    for strip in cut:
+        mask, prob, stats = _part_files(folder, strip, job.probabilities is not None)
+        result = _load_stats(stats, strip, job.meta.net.num_classes)
+        if result is not None and mask.exists() and (prob is None or prob.exists()):
+            done[strip.index] = result
+    return done
+
+
+class _Parts:
+    """Routes finished cells to the part files of their strips; a part is renamed into
+    place, with its counts beside it, as soon as its last cell is written."""
+
+    def __init__(self, job: SegmentJob, cut: list[Strip], start: int, folder: Path) -> None:
+        self.job, self.cut, self.start, self.folder = job, cut, start, folder
+        self.width = job.plan.work_size[1]
+        self.classes = job.meta.net.num_classes
+        self.results = {s.index: StripResult(s, np.zeros(self.classes, np.int64))
+                        for s in cut[start:]}
+        self.area = {s.index: 0 for s in cut[start:]}
+        self.writers: dict[int, object] = {}
+        self.acc = None
+        for w in job.grid:
+            k = self.owner(w.row)
+            if k >= start:
+                self.results[k].windows += 1
+
+    def owner(self, row: int) -> int:
+        """The strip a window row is counted in: the first that needs it."""
+        return next(s.index for s in self.cut if s.last >= row)
+
+    def stats_for(self, window) -> StripResult | None:
+        return self.results.get(self.owner(window.row))
+
+    def _temps(self, strip: Strip) -> tuple[Path, Path | None]:
+        mask, prob, _ = _part_files(self.folder, strip, self.job.probabilities is not None)
+        return (Path(f"{mask}.tmp"), Path(f"{prob}.tmp") if prob else None)
+
+    def emit(self, c) -> None:
+        k = next(s.index for s in self.cut if c.top < s.hi)
+        if k < self.start:
+            return  # a row of a finished strip, computed again for the next one
+        strip = self.cut[k]
+        writer = self.writers.get(k)
+        if writer is None:
+            writer = self.writers[k] = work_writer(self.job, *self._temps(strip), strip)
+        writer.write(c.top - strip.lo, c.left, c.height, c.width, c.probabilities, c.valid)
+        self.area[k] += c.height * c.width
+        if self.area[k] == strip.height * self.width:
+            self._finish(strip)
+
+    def _finish(self, strip: Strip) -> None:
+        writer = self.writers.pop(strip.index)
+        writer.close()
+        result = self.results[strip.index]
+        result.counts = writer.counts
+        result.peak_blend_bytes = self.acc.peak_bytes if self.acc is not None else 0
+        mask, prob, stats = _part_files(self.folder, strip, self.job.probabilities is not None)
+        tmp_mask, tmp_prob = self._temps(strip)
+        if prob is not None:
+            os.replace(tmp_prob, prob)
+        os.replace(tmp_mask, mask)
+        _save_stats(stats, result)
+
+    def close(self) -> None:
+        for k in list(self.writers):
+            self.writers.pop(k).close()
+            for p in self._temps(self.cut[k]):
+                if p is not None:
+                    _remove(p)
+
+
+def run_parts(job: SegmentJob, net, cut: list[Strip], start: int, folder: Path,
+              progress: Callable[[float], None] | None = None) -> list[StripResult]:
+    """Segment strips ``cut[start:]`` in one pass into their part files in ``folder``.
+
+    The windows run in order from the first row ``cut[start]`` needs, as in a
+    run over the whole region (no window is computed twice); each strip's part
+    is complete, and renamed into place, as soon as its last window is done.
+    """
+    strip = cut[start]
+    span = Strip(strip.index, strip.lo, cut[-1].hi, strip.first, cut[-1].last)
+    parts = _Parts(job, cut, start, folder)
+    try:
+        _segment_rows(job, net, _strip_windows(job, span), parts.emit, parts.stats_for,
+                      progress, on_acc=lambda acc: setattr(parts, "acc", acc))
+    finally:
+        parts.close()
+    missing = [k for k, a in parts.area.items() if a != cut[k].height * parts.width]
+    if missing:
+        raise GlnetError(f"internal error: strips {missing} were not completed")
+    return [parts.results[s.index] for s in cut[start:]]
 
 
 def assemble_parts(job: SegmentJob, parts: list[tuple[Strip, Path, Path | None]],

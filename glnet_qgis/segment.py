@@ -53,6 +53,7 @@ class SegmentAlgorithm(GlnetAlgorithm):
     RESAMPLE = "RESAMPLE"
     RESOLUTION = "RESOLUTION"
     FORCE_RESAMPLE = "FORCE_RESAMPLE"
+    RESUME = "RESUME"
     OVERVIEWS = "OVERVIEWS"
     PROBABILITY_KIND = "PROBABILITY_KIND"
     OUTPUT = "OUTPUT"
@@ -92,7 +93,9 @@ class SegmentAlgorithm(GlnetAlgorithm):
             "of more than 4x either way (a 30 m scene for a 0.5 m model is 60x, a job of "
             "hours) is refused before any work unless forced. The log shows the plan first: "
             "the size at the model's resolution, the number of windows and the resampling "
-            "factor.\n\n"
+            "factor. Resume a stopped run: continue a run on the same output (same model, "
+            "input and options) that was killed or cancelled with this turned on, from the "
+            "strips of rows it finished (kept in a hidden folder beside the output).\n\n"
             "Runs in the GLNet engine's own Python environment (see the GLNET_PYTHON setting), "
             "never inside QGIS; cancelling stops it and leaves no output."
         )
@@ -153,6 +156,8 @@ class SegmentAlgorithm(GlnetAlgorithm):
             defaultValue=False)))
         self.addParameter(advanced(QgsProcessingParameterBoolean(
             self.OVERVIEWS, self.tr("Build overviews"), defaultValue=True)))
+        self.addParameter(advanced(QgsProcessingParameterBoolean(
+            self.RESUME, self.tr("Resume a stopped run"), defaultValue=False)))
         self.addParameter(advanced(QgsProcessingParameterEnum(
             self.PROBABILITY_KIND, self.tr("Probabilities"),
             options=[self.tr("one band per class"), self.tr("the winning class's only")],
@@ -263,6 +268,8 @@ class SegmentAlgorithm(GlnetAlgorithm):
             args.append("--force-resample")
         if not self.parameterAsBoolean(parameters, self.OVERVIEWS, context):
             args.append("--no-overviews")
+        if self.parameterAsBoolean(parameters, self.RESUME, context):
+            args.append("--resume")
         args += self.overwrite_flag(output, probabilities, polygons)
 
         self.run_engine("segment", args, feedback, outputs=[output, probabilities, polygons])

@@ -284,6 +284,7 @@ DIALOG_TERMS = (
     (r"--resolution[ =]", '"Resample to this resolution" '),
     (r"--no-resample\b", "turning off \"Resample to the model's resolution\""),
     (r"--force-resample\b", 'turning on "Resample even by more than 4x"'),
+    (r"run without --resume to start over", 'turn off "Resume a stopped run" to start over'),
     (r"--extent\b", '"Extent"'),
     (r"--aoi\b", '"Area of interest"'),
     (r"--min-area\b", '"Minimum area"'),
