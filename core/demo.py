@@ -27,7 +27,7 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class DemoOptions:
-    """Sizes and budgets of the demo; the defaults keep it under 15 minutes on 2 cores.
+    """Sizes and budgets of the demo (about 15 minutes on 2 quiet cores, estimated from step costs).
 
     Training is budgeted in optimiser steps per stage, so a slow or busy
     machine trains the same model; ``train_minutes`` is only a cap (None: none).
