@@ -104,7 +104,7 @@ def test_a_one_band_image_feeds_a_three_band_model_with_bands_1_1_1(qgis, tmp_pa
     proc = qgis.algorithm("glnet:segmentlandcover", *params)
     log = proc.stdout + proc.stderr
     assert proc.returncode != 0 and not mask.exists(), log
-    assert ('the input raster has 1 band(s) but the model takes 3 (band 1, band 2, band 3): '
+    assert (f'{png} has 1 band(s) but the model takes 3 (band 1, band 2, band 3): '
             'set "Bands", e.g. 1,1,1') in log, log
 
     proc = qgis.algorithm("glnet:segmentlandcover", *params, "BANDS=1,1")
