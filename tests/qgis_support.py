@@ -206,3 +206,12 @@ def install_zip(qgis: Qgis, plugin_zip: Path) -> None:
     else:
         with zipfile.ZipFile(plugin_zip) as zf:
             zf.extractall(qgis.plugins_dir)
+
+
+def checkout_qgis(tmp_path_factory) -> Qgis:
+    """QGIS with this repository's plugin, enabled, running the engine this test process imports."""
+    home = tmp_path_factory.mktemp("qgis-home")
+    q = Qgis(home, plugin_path=ROOT,
+             env={"GLNET_PYTHON": engine_python(tmp_path_factory.mktemp("engine"))})
+    q.enable()
+    return q

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from qgis_support import ROOT, Qgis, engine_python
+from qgis_support import Qgis, checkout_qgis
 from test_segment_plan import write_scene
 
 pytestmark = pytest.mark.qgis
@@ -14,11 +14,7 @@ pytestmark = pytest.mark.qgis
 
 @pytest.fixture(scope="module")
 def qgis(tmp_path_factory) -> Qgis:
-    home = tmp_path_factory.mktemp("qgis-home")
-    q = Qgis(home, plugin_path=ROOT,
-             env={"GLNET_PYTHON": engine_python(tmp_path_factory.mktemp("engine"))})
-    q.enable()
-    return q
+    return checkout_qgis(tmp_path_factory)
 
 
 def test_the_plan_is_logged_and_a_5x_factor_needs_forcing(qgis, tmp_path):

@@ -13,18 +13,14 @@ import warnings
 
 import numpy as np
 import pytest
-from qgis_support import ROOT, Qgis, engine_python
+from qgis_support import Qgis, checkout_qgis
 
 pytestmark = pytest.mark.qgis
 
 
 @pytest.fixture(scope="module")
 def qgis(tmp_path_factory) -> Qgis:
-    home = tmp_path_factory.mktemp("qgis-home")
-    q = Qgis(home, plugin_path=ROOT,
-             env={"GLNET_PYTHON": engine_python(tmp_path_factory.mktemp("engine"))})
-    q.enable()
-    return q
+    return checkout_qgis(tmp_path_factory)
 
 
 def tiny_model(path, bands: int = 3):
