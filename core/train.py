@@ -416,12 +416,13 @@ def _train(scenes, classes, output, options: TrainOptions, resume: bool, log, pr
         from .backbone import load_imagenet_weights
 
         load_imagenet_weights(model.global_backbone, options.backbone_weights)
-        load_imagenet_weights(model.local_backbone, options.backbone_weights)
     elif uses_packaged_weights(options) and state is None:
         from .backbone import load_packaged_weights
 
         load_packaged_weights(model.global_backbone)
-        load_packaged_weights(model.local_backbone)
+    if is_pretrained(options) and state is None:
+        # Both branches start from the same weights: read (and hash) the file once.
+        model.local_backbone.load_state_dict(model.global_backbone.state_dict())
     pretrained = is_pretrained(options)
     model.frozen_trunk_statistics = (options.freeze_bn if options.freeze_bn is not None
                                      else pretrained)

@@ -153,6 +153,10 @@ def test_lite_training_records_trunk_scaling_and_init(tmp_path, capsys, bands, d
     # 3 steps in epochs of 1 (2 windows, 2 per step): three epochs, the last one step.
     model, _ = load_model(out)
     assert model.cfg.backbone == "efficientnet_lite0"
+    # Stage 1 leaves the local branch as it started: the ImageNet trunk, for every band.
+    raw = torch.load(weights_path(), map_location="cpu", weights_only=True)
+    assert torch.equal(model.local_backbone.stem[0].weight,
+                       adapt_first_conv(raw["_conv_stem.weight"], bands))
     assert "stages 1" in capsys.readouterr().out
 
 
