@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import time
 from collections.abc import Callable
 from contextlib import ExitStack, contextmanager
@@ -757,7 +756,6 @@ def _segment_in(job: SegmentJob, model, model_path: Path | None, folder: Path,
     start = next((s.index for s in cut if s.index not in done), len(cut))
     if opts.resume and done:
         report(0.0, f"resuming: {start} of {len(cut)} strips done")
-    _release_freed_memory()
     net, _ = _load(model, model_path, job.opts)
 
     def run(job: SegmentJob, work: WorkFiles, report) -> list[StripResult]:
@@ -856,25 +854,6 @@ def run_job(job: SegmentJob, run: Callable[[SegmentJob, WorkFiles, _Progress], l
                 style = write_qml(job.output, job.meta.classes)
     result.style = style
     return result
-
-
-def _release_freed_memory() -> None:
-    """Serve allocations of 1 MiB and more from mmap (glibc), so freed tensors leave RSS.
-
-    glibc raises its mmap threshold after large blocks are freed, up to 32 MiB,
-    after which window-sized tensors come from the heap and their freed space
-    stays resident; a fixed threshold keeps the peak RSS at what is live
-    (measured: 1.42 -> 1.29 GB for one 1880 px window of the fast preset).
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
 
 
 def _remove(path: Path) -> None:
