@@ -410,10 +410,22 @@ class WindowSampler:
         return Rect(region.scene, region.row + row, region.col + col, h, w)
 
 
-def augment(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator):
-    """Random horizontal flip and 90-degree rotation, the same for image and labels."""
+def augment(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
+            valid: np.ndarray | None = None):
+    """Random horizontal flip and 90-degree rotation, the same for image, labels and ``valid``.
+
+    Returns ``(image, labels, valid)`` as contiguous copies (``valid`` stays
+    None when not given). Applied to the raw window before normalisation: a
+    uint8 copy is a quarter of a float32 one.
+    """
     k = int(rng.integers(4))
-    if rng.random() < 0.5:
-        image, labels = image[:, :, ::-1], labels[:, ::-1]
-    image, labels = np.rot90(image, k, axes=(1, 2)), np.rot90(labels, k)
-    return np.ascontiguousarray(image), np.ascontiguousarray(labels)
+    flip = rng.random() < 0.5
+
+    def move(a: np.ndarray | None, axes: tuple[int, int]) -> np.ndarray | None:
+        if a is None:
+            return None
+        if flip:
+            a = np.flip(a, axes[1])
+        return np.ascontiguousarray(np.rot90(a, k, axes=axes))
+
+    return move(image, (1, 2)), move(labels, (0, 1)), move(valid, (0, 1))
