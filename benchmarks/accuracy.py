@@ -158,6 +158,7 @@ def method_options(method: str, args: argparse.Namespace, seed: int):
     from glnet.train import TrainOptions
 
     common = dict(preset=args.preset, val_fraction=0.0, seed=seed, threads=args.threads,
+                  decoder_lr_factor=args.decoder_lr_factor,
                   loss=TrainConfig(patches_per_window=args.patches_per_step))
     if args.lr:
         lr = dict(zip((1, 2, 3), args.lr * 3 if len(args.lr) == 1 else args.lr))
@@ -337,6 +338,8 @@ def main() -> int:
     parser.add_argument("--lr", type=lambda t: [float(v) for v in t.split(",")], default=None,
                         help="learning rate, or one per GLNet stage (the baselines take the "
                              "first); default: the preset's training defaults")
+    parser.add_argument("--decoder-lr-factor", type=float, default=None,
+                        help="decoders' learning rate relative to the trunks' (training default)")
     parser.add_argument("--preset", default="lite", help="network preset of every method (lite)")
     parser.add_argument("--seeds", type=lambda t: [int(v) for v in t.split(",")], default=[0, 1],
                         help="training seeds; scores are mean and spread over them (0,1)")

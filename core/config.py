@@ -157,6 +157,8 @@ class TrainConfig:
         loss_at_full_resolution: upsample logits to the labels' size before the
             loss (keeps 2-4 px roads that 1/4-resolution labels would lose);
             False downsamples labels as the released code does.
+        decoder_lr_factor: learning rate of the decoders and the aggregation
+            conv relative to the trunks' (1: one rate for all, as released).
     """
 
     stages: dict[int, StageConfig] = field(default_factory=_default_stages)
@@ -169,3 +171,4 @@ class TrainConfig:
     sub_batch: int = 6
     patches_per_window: int | None = None
     loss_at_full_resolution: bool = True
+    decoder_lr_factor: float = 1.0

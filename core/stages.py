@@ -46,11 +46,22 @@ class StepLosses:
 
 
 def make_optimizer(model: GLNet, stage: int, cfg: TrainConfig) -> torch.optim.Adam:
-    """Adam over the parameters that ``stage`` trains (call ``model.set_stage`` first)."""
+    """Adam over the parameters that ``stage`` trains (call ``model.set_stage`` first).
+
+    Trunk parameters get the stage's rate; the rest (FPN decoders, the
+    aggregation conv) that rate times ``cfg.decoder_lr_factor``. Each group
+    keeps its ``initial_lr`` for the poly schedule.
+    """
     if model.stage != stage:
         raise ValueError(f"model is set up for stage {model.stage}, not {stage}")
-    params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.Adam(params, lr=cfg.stages[stage].lr, weight_decay=cfg.weight_decay)
+    lr = cfg.stages[stage].lr
+    trunk, rest = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (trunk if name.split(".", 1)[0].endswith("_backbone") else rest).append(p)
+    groups = [{"params": ps, "lr": lr * f, "initial_lr": lr * f}
+              for ps, f in ((trunk, 1.0), (rest, cfg.decoder_lr_factor)) if ps]
+    return torch.optim.Adam(groups, lr=lr, weight_decay=cfg.weight_decay)
 
 
 def poly_factor(step: int, total: int, power: float = 0.9) -> float:

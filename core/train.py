@@ -81,6 +81,11 @@ class TrainOptions:
         steps: per-stage number of optimiser steps; replaces ``epochs`` for
             that stage (the last epoch is cut short). A budget in steps gives
             the same model on a slow or busy machine; ``max_minutes`` stays a cap.
+        decoder_lr_factor: learning rate of the decoders and the aggregation
+            conv relative to the trunks'. None: ``PRETRAINED_DECODER_LR_FACTOR``
+            when the trunks are pretrained (the randomly initialised parts
+            need larger steps than the pretrained ones may take), else
+            ``loss.decoder_lr_factor``.
         threads: torch CPU threads (default: torch's choice).
         device: ``cpu`` or ``cuda[:n]``; the model file is written the same either way.
         prefetch: make the next batch of windows on a thread during each step
@@ -111,6 +116,7 @@ class TrainOptions:
     pretrained: bool | None = None
     freeze_bn: bool | None = None
     steps: dict[int, int] = field(default_factory=dict)
+    decoder_lr_factor: float | None = None
     threads: int | None = None
     device: str = "cpu"
     prefetch: bool | None = None
@@ -152,6 +158,7 @@ def _check_options(o: TrainOptions) -> None:
     whole("patches per window", o.loss.patches_per_window, 1)
     positive("window metres", o.window_metres)
     positive("max minutes", o.max_minutes)
+    positive("decoder learning-rate factor", o.decoder_lr_factor)
     if not (isinstance(o.val_fraction, (int, float)) and 0 <= o.val_fraction < 1):
         raise OptionError(f"validation fraction must be at least 0 and below 1, "
                           f"got {o.val_fraction!r}")
@@ -180,6 +187,17 @@ def uses_packaged_weights(options: TrainOptions) -> bool:
         raise GlnetError(f"preset {options.preset!r} has no packaged ImageNet weights; "
                          "use the lite preset or give backbone weights")
     return packaged
+
+
+# Measured on the demo scene (README, "Pretrained trunks").
+PRETRAINED_DECODER_LR_FACTOR = 10.0
+
+
+def decoder_lr_factor(options: TrainOptions) -> float:
+    """The decoders' learning rate relative to the trunks' for this run."""
+    if options.decoder_lr_factor is not None:
+        return options.decoder_lr_factor
+    return PRETRAINED_DECODER_LR_FACTOR if is_pretrained(options) else options.loss.decoder_lr_factor
 
 
 def is_pretrained(options: TrainOptions) -> bool:
@@ -475,7 +493,8 @@ def _train(scenes, classes, output, options: TrainOptions, resume: bool, log, pr
         epochs = math.ceil(total_steps / steps_per_epoch)
         default_lr = options.stage_lr or stage_cfg.lr
         lr = options.lr.get(stage, default_lr)
-        cfg = replace(cfg, stages={**cfg.stages, stage: StageConfig(epochs=epochs, lr=lr)})
+        cfg = replace(cfg, stages={**cfg.stages, stage: StageConfig(epochs=epochs, lr=lr)},
+                      decoder_lr_factor=decoder_lr_factor(options))
         model.set_stage(stage)
         ranks.broadcast_state(model)
         optimizer = make_optimizer(model, stage, cfg)
@@ -498,9 +517,9 @@ def _train(scenes, classes, output, options: TrainOptions, resume: bool, log, pr
             for _ in range(batch):
                 rect = sampler.draw(rng)
                 image, labels, valid = scenes[rect.scene].read(rect.window(), net.num_classes)
-                x = to_tensor(image, meta.mean, meta.std, valid)[0].numpy()
-                x, labels = augment(x, labels, rng)
-                windows.append((torch.from_numpy(x)[None], torch.from_numpy(labels)[None]))
+                image, labels, valid = augment(image, labels, rng, valid)
+                windows.append((to_tensor(image, meta.mean, meta.std, valid),
+                                torch.from_numpy(labels)[None]))
             return windows
 
         for epoch in range(first_epoch, epochs):
@@ -514,7 +533,7 @@ def _train(scenes, classes, output, options: TrainOptions, resume: bool, log, pr
                 for k in range(epoch_steps):
                     step = epoch * steps_per_epoch + k
                     for group in optimizer.param_groups:
-                        group["lr"] = lr * poly_factor(step, total_steps, cfg.poly_power)
+                        group["lr"] = group["initial_lr"] * poly_factor(step, total_steps, cfg.poly_power)
                     windows = [(x.to(device), y.to(device)) for x, y in batches.next()]
                     result = train_step(model, windows, optimizer, cfg)
                     losses.append(result.total)

@@ -157,3 +157,17 @@ def test_stage3_gradients_equal_a_single_graph(tiny_cfg):
     assert set(ref) == set(ours)
     for name in ref:
         torch.testing.assert_close(ours[name], ref[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_decoders_learn_at_their_own_rate(tiny_cfg):
+    """Stage 2's trunk gets the stage's rate; its decoder and the aggregation conv the factor's."""
+    model = GLNet(tiny_cfg)
+    model.set_stage(2)
+    cfg = TrainConfig(stages={2: StageConfig(epochs=1, lr=1e-3)}, decoder_lr_factor=10.0)
+    opt = make_optimizer(model, 2, cfg)
+    rates = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    assert {rates[id(p)] for p in model.local_backbone.parameters()} == {1e-3}
+    assert {rates[id(p)] for p in model.local_decoder.parameters()} == {1e-2}
+    assert {rates[id(p)] for p in model.aggregation.parameters()} == {1e-2}
+    assert not any(id(p) in rates for p in model.global_backbone.parameters())
+    assert [g["initial_lr"] for g in opt.param_groups] == [1e-3, 1e-2]
