@@ -1,4 +1,5 @@
-"""Reduced-precision inference (issue 17): ``SegmentOptions.precision`` and ``--precision``.
+"""Reduced-precision inference (issue 17): ``SegmentOptions.precision``, ``--precision``, and
+the "Precision" parameter in the real QGIS.
 
 Real GeoTIFFs, the tiny model trained by ``fixtures_models``, real torch: that the bf16 run
 is one is read off the network itself (forward hooks record the dtype every convolution's
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from qgis_support import checkout_qgis
 from test_segment import read, write_scene
 
 from glnet.cli import main
@@ -139,3 +141,21 @@ def test_the_command_line_option(model_file, scene, tmp_path, capsys):
     assert exit_info.value.code == 2
     assert "--precision applies with -m MODEL only" in capsys.readouterr().err
 
+
+@pytest.mark.qgis
+def test_the_qgis_precision_parameter_reaches_the_engine(tmp_path_factory, model_file, scene,
+                                                         tmp_path):
+    qgis = checkout_qgis(tmp_path_factory)
+    path, _ = scene
+    out = tmp_path / "qgis" / "mask.tif"
+    out.parent.mkdir()
+    proc = qgis.algorithm("glnet:segmentlandcover", f"INPUT={path}", f"MODEL={model_file}",
+                          f"OUTPUT={out}", "PRECISION=2", "THREADS=1", "OVERVIEWS=false")
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log
+    info = json.loads(proc.stdout)["log"]["info"]
+    assert "plan: 640 x 480 px at 2 m, 48 windows of 112 px, bf16" in info, info
+    if not cpu_bf16_flags():
+        assert '"Precision" Automatic or fp32 avoids it' in log, log
+    library = segment(path, model_file, tmp_path / "lib.tif", OPTS.replace(precision="bf16"))
+    assert np.array_equal(read(out)[0], read(library.output)[0])
