@@ -40,6 +40,26 @@ def dilate(mask, steps: int):
     return out
 
 
+def away_from_boundaries(mask, margin: int):
+    """Pixels of a class mask more than ``margin`` px (4-neighbour steps) from a class boundary.
+
+    A boundary pixel is one with a 4-neighbour of another class (both sides of
+    the boundary count).
+    """
+    import numpy as np
+
+    boundary = np.zeros(mask.shape, bool)
+    for axis in (0, 1):
+        d = np.diff(mask.astype(np.int16), axis=axis) != 0
+        if axis == 0:
+            boundary[1:] |= d
+            boundary[:-1] |= d
+        else:
+            boundary[:, 1:] |= d
+            boundary[:, :-1] |= d
+    return ~dilate(boundary, margin)
+
+
 def shift_floor(scene, model_path, side: int, shifts, device: str, threads,
                 other_size: int | None = None) -> dict[str, float]:
     """Agreement of windows with themselves moved or resized (interior pixels only).
@@ -151,17 +171,7 @@ def main(argv=None) -> int:
         a, b = masks
         valid = (a != 255) & (b != 255)
         same = (a == b) & valid
-        boundary = np.zeros_like(valid)
-        for axis in (0, 1):
-            d = np.diff(a.astype(np.int16), axis=axis) != 0
-            if axis == 0:
-                boundary[1:] |= d
-                boundary[:-1] |= d
-            else:
-                boundary[:, 1:] |= d
-                boundary[:, :-1] |= d
-        near = dilate(boundary, args.margin)
-        away = valid & ~near
+        away = valid & away_from_boundaries(a, args.margin)
         window = meta.net.window_size
         first_overlap = args.first_overlap if args.first_overlap is not None else window // 4
         grid = WindowGrid.build(side, side, window, first_overlap,

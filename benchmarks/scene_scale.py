@@ -6,7 +6,8 @@ segmented by ``glnet.segment.segment`` in a child process that reports its
 peak RSS (``getrusage`` ``ru_maxrss``) and time, and deleted afterwards. The
 model is the chosen preset with random weights (speed and memory do not depend
 on the weights). In the same run the model-only throughput of the same preset
-is measured (``predict_window`` on one full window, same patch blending) so
+is measured (``predict_window`` on one full window, same patch blending and
+the same precision as ``segment``'s default, "auto") so
 that the end-to-end rate can be compared with it; windows overlap, so the
 end-to-end rate is bounded by about ``(stride / window)^2`` of it (0.56 with
 the default quarter-window overlap). Rates are given per wall-clock second and
@@ -61,10 +62,12 @@ import json, resource, sys, time
 import torch
 from glnet.config import preset
 from glnet.glnet import GLNet
+from glnet.precision import resolve_precision
 from glnet.predict import predict_window
 from glnet.segment import SegmentOptions
 args = json.loads(sys.argv[1])
 sub_batch = SegmentOptions().sub_batch  # the same work per forward pass as segment
+precision = resolve_precision(SegmentOptions().precision).name  # and the same precision
 if args["threads"]:
     torch.set_num_threads(args["threads"])
 torch.manual_seed(0)
@@ -72,12 +75,13 @@ model = GLNet(preset(args["preset"])).eval()
 size = model.cfg.window_size
 x = torch.randn(1, 3, size, size)
 predict_window(model, x[..., :size // 2, :size // 2], mode=args["mode"], sub_batch=sub_batch,
-               smooth_patches=True)
+               smooth_patches=True, precision=precision)
 times, cpus = [], []
 for _ in range(args["repeats"]):
     r0 = resource.getrusage(resource.RUSAGE_SELF)
     t = time.perf_counter()
-    predict_window(model, x, mode=args["mode"], sub_batch=sub_batch, smooth_patches=True)
+    predict_window(model, x, mode=args["mode"], sub_batch=sub_batch, smooth_patches=True,
+                   precision=precision)
     times.append(time.perf_counter() - t)
     r1 = resource.getrusage(resource.RUSAGE_SELF)
     cpus.append(r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime)

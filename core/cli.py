@@ -19,6 +19,7 @@ from . import __version__
 from .config import DEFAULT_PRESET, PRESETS
 from .errors import GlnetError
 from .files import check_output_path
+from .precision import PRECISIONS
 
 # Commands that later releases fill in, with the issue that brings them.
 PLANNED: dict[str, str] = {}
@@ -152,6 +153,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tiles", type=_int_list, metavar="N[,N...]",
                    help="with a Dubai --dataset: score these tiles only (tile_N), e.g. 6,7")
     p.add_argument("--threads", type=int, help="with -m: CPU threads for segmenting")
+    p.add_argument("--precision", choices=PRECISIONS,
+                   help="with -m: precision of the network, as glnet segment's (default auto)")
     p.add_argument("--ref-field", help="class field of vector references, values or names "
                                        "(default class_id, else class_name)")
     p.add_argument("--ref-layer", help="layer of a vector file with several layers")
@@ -196,6 +199,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--aoi-layer", help="layer of the --aoi file (default: its first)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--threads", type=int, help="CPU threads for the model")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="the network in fp32, or in bf16 (probabilities stay fp32); auto "
+                        "(default): bf16 where the CPU (avx512_bf16, amx_bf16) or GPU has it "
+                        "natively, else fp32. bf16 elsewhere runs emulated, with a warning")
     p.add_argument("--batch", type=int, default=1,
                    help="patches per forward pass (default 1; more is faster on a GPU)")
     p.add_argument("--window", type=int, help="context window in pixels (default: the model's)")
@@ -444,13 +451,15 @@ def _evaluate(args: argparse.Namespace) -> int:
                          "give SCENE and REF to segment and score (or --dataset FOLDER)")
     if args.threads is not None and args.model is None:
         args.usage_error("--threads applies with -m MODEL only")
+    if args.precision is not None and args.model is None:
+        args.usage_error("--precision applies with -m MODEL only")
     if args.tiles is not None and args.dataset is None:
         args.usage_error("--tiles applies with --dataset FOLDER only")
     report = _progress(args, "evaluate")
     if args.model is not None:
         from .segment import SegmentOptions
 
-        options = SegmentOptions(threads=args.threads)
+        options = SegmentOptions(threads=args.threads, precision=args.precision or "auto")
         if args.dataset is not None:
             result = evaluate_model_on_dataset(
                 args.model, args.dataset, ignore_classes=args.ignore_classes, tiles=args.tiles,
@@ -529,8 +538,8 @@ def _segment(args: argparse.Namespace) -> int:
         probability_kind=args.probability_kind, window_size=args.window, overlap=args.overlap,
         blend=args.blend, mode=args.mode, refine=args.refine, confidence=args.refine_threshold,
         resample=not args.no_resample, resolution=args.resolution,
-        force_resample=args.force_resample, device=args.device, threads=args.threads,
-        sub_batch=args.batch, overwrite=args.overwrite, overviews=not args.no_overviews,
+        force_resample=args.force_resample, device=args.device, precision=args.precision,
+        threads=args.threads, sub_batch=args.batch, overwrite=args.overwrite, overviews=not args.no_overviews,
         resume=args.resume)
     if args.resume and args.scheduler is not None:
         raise GlnetError("--resume is for runs in one process, not with --scheduler")

@@ -18,17 +18,24 @@ import torch.nn.functional as F
 
 from .glnet import GLNet
 from .patches import PatchGrid
+from .precision import network_precision
 from .refinement import RefinePolicy, select_patches
 from .sharing import LocalToGlobal, crop_pyramid, crop_resized
 
 
 @dataclass
 class WindowPrediction:
-    """Class probabilities ``(C, H, W)`` of one window and what it cost."""
+    """Class probabilities ``(C, H, W)`` of one window and what it cost.
+
+    ``network_dtype`` is the dtype the network's logits came out in
+    (``torch.bfloat16`` when it ran in bf16); probabilities are float32 (or the
+    model's own dtype if wider) either way.
+    """
 
     probabilities: torch.Tensor
     patches: int
     refined: int
+    network_dtype: torch.dtype = torch.float32
 
 
 def downsample(window: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -55,7 +62,8 @@ def default_mode(model: GLNet, stages: tuple[int, ...] = ()) -> int:
 def predict_window(model: GLNet, window: torch.Tensor, mode: int | None = None,
                    policy: RefinePolicy | None = None, sub_batch: int = 6,
                    smooth_patches: bool = False,
-                   on_batch: Callable[[int, int], None] | None = None) -> WindowPrediction:
+                   on_batch: Callable[[int, int], None] | None = None,
+                   precision: str = "fp32") -> WindowPrediction:
     """Class probabilities for a ``(1, bands, H, W)`` normalised window.
 
     Args:
@@ -70,29 +78,44 @@ def predict_window(model: GLNet, window: torch.Tensor, mode: int | None = None,
             tapered). False keeps the released averaging.
         on_batch: called as ``on_batch(done, total)`` after each sub-batch of
             patches (progress; it may raise to cancel).
+        precision: "fp32", or "bf16" to run the network under bf16 autocast
+            (``glnet.precision``); probabilities are formed and averaged in fp32.
     """
+    # One autocast region for the whole window: autocast casts the weights once
+    # per region, so entering it per patch batch would cast them again each time.
+    with network_precision(precision, window.device.type):
+        return _predict_window(model, window, mode, policy, sub_batch, smooth_patches, on_batch)
+
+
+def _predict_window(model: GLNet, window: torch.Tensor, mode: int | None,
+                    policy: RefinePolicy | None, sub_batch: int, smooth_patches: bool,
+                    on_batch: Callable[[int, int], None] | None) -> WindowPrediction:
     mode = default_mode(model) if mode is None else mode
     if mode == 3 and not model.has_context_branch:
         raise ValueError("mode 3 needs a model trained through stage 3")
     H, W = window.shape[-2:]
     img_g = model.prepare(downsample(window, model.global_shape(H, W)))
     context = model.context_pyramid(img_g)
+    network_dtype = context.logits.dtype
+    # Probabilities in fp32 whatever the network ran in (bf16 keeps 8 bits of
+    # mantissa: too few to average patches and to rank near-tied classes).
+    logits = context.logits.to(torch.promote_types(network_dtype, torch.float32))
 
     def global_probs() -> torch.Tensor:
         # Full-resolution global probabilities: C x H x W floats, so made only
         # when needed (mode 1, or pixels that no refined patch covers).
-        return F.interpolate(context.logits, size=(H, W), mode="bilinear",
+        return F.interpolate(logits, size=(H, W), mode="bilinear",
                              align_corners=False).softmax(1)[0]
 
     if mode == 1:
-        return WindowPrediction(global_probs(), 0, 0)
+        return WindowPrediction(global_probs(), 0, 0, network_dtype)
 
     cfg = model.cfg
     grid = PatchGrid.for_window(H, W, cfg.patch_size, cfg.min_overlap)
     if mode == 3:
         selected = np.arange(len(grid))
     else:
-        selected = select_patches(context.logits[0].softmax(0), grid, policy or RefinePolicy())
+        selected = select_patches(logits[0].softmax(0), grid, policy or RefinePolicy())
 
     global_ps3 = context.ps3
     local_maps: dict[int, torch.Tensor] = {}
@@ -111,10 +134,9 @@ def predict_window(model: GLNet, window: torch.Tensor, mode: int | None = None,
                 on_batch(done, steps)
         global_ps3 = model.refined_pyramid(img_g, merger.result()).ps3
     if smooth_patches:
-        row_w = _patch_axis_weights(grid.tops, grid.patch_h, context.logits)
-        col_w = _patch_axis_weights(grid.lefts, grid.patch_w, context.logits)
+        row_w = _patch_axis_weights(grid.tops, grid.patch_h, logits)
+        col_w = _patch_axis_weights(grid.lefts, grid.patch_w, logits)
 
-    logits = context.logits
     total = torch.zeros((logits.shape[1], H, W), dtype=logits.dtype, device=logits.device)
     weight = torch.zeros((1, H, W), dtype=logits.dtype, device=logits.device)
     for start in range(0, len(selected), sub_batch):
@@ -124,7 +146,8 @@ def predict_window(model: GLNet, window: torch.Tensor, mode: int | None = None,
         else:
             fl = _local(model, window, grid, context, index).ps3
         fg = crop_resized(global_ps3, grid.fractions[index], grid.ratio, tuple(fl.shape[-2:]))
-        probs = F.interpolate(model.aggregate(fl, fg), size=(grid.patch_h, grid.patch_w),
+        probs = F.interpolate(model.aggregate(fl, fg).to(logits.dtype),
+                              size=(grid.patch_h, grid.patch_w),
                               mode="bilinear", align_corners=False).softmax(1)
         for i, p, (t, left) in zip(index.tolist(), probs, grid.offsets[index].tolist()):
             if smooth_patches:
@@ -141,7 +164,7 @@ def predict_window(model: GLNet, window: torch.Tensor, mode: int | None = None,
     covered = weight > 0
     total /= weight.clamp(min=1e-12) if smooth_patches else weight.clamp(min=1)
     probs = total if bool(covered.all()) else torch.where(covered, total, global_probs())
-    return WindowPrediction(probs, len(grid), len(selected))
+    return WindowPrediction(probs, len(grid), len(selected), network_dtype)
 
 
 def _patch_axis_weights(starts: tuple[int, ...], length: int,

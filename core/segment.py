@@ -61,6 +61,7 @@ from .files import (
     work_folder,
 )
 from .modelfile import ModelMeta, read_metadata
+from .precision import PRECISIONS, Precision, resolve_precision
 from .windows import Region, Strip, WindowGrid, WindowReader
 from .windows import strips as cut_strips
 
@@ -105,6 +106,10 @@ class SegmentOptions:
             (otherwise refused before any work, with what to do instead).
         resolution_tolerance: relative difference tolerated without resampling.
         device: "cpu" or "cuda[:n]".
+        precision: "fp32", "bf16" (the network under bf16 autocast; probabilities
+            still formed and blended in fp32) or "auto": bf16 where the device
+            computes it natively (``glnet.precision``), else fp32. bf16 on a
+            device without native support runs emulated, with a warning.
         threads: torch threads (None: torch's default).
         sub_batch: patches per forward pass of the local branch (1 costs no
             speed on a CPU and 60 MB less memory than 2 with the fast preset).
@@ -141,6 +146,7 @@ class SegmentOptions:
     force_resample: bool = False
     resolution_tolerance: float = 0.1
     device: str = "cpu"
+    precision: str = "auto"
     threads: int | None = None
     sub_batch: int = 1
     overwrite: bool = False
@@ -183,6 +189,9 @@ class SegmentOptions:
                                   "is turned off (no resample): give one or the other")
         if not isinstance(self.force_resample, bool):
             raise OptionError(f"force resample must be True or False, got {self.force_resample!r}")
+        if self.precision not in PRECISIONS:
+            raise OptionError(f"precision must be one of {', '.join(PRECISIONS)}, "
+                              f"not {self.precision!r}")
 
     def replace(self, **changes) -> SegmentOptions:
         known = {f.name for f in fields(self)}
@@ -216,6 +225,7 @@ class SegmentResult:
     warnings: list[str] = field(default_factory=list)
     strips: int = 1                # resumable strips the rows were cut into
     strips_reused: int = 0         # of them, finished by an earlier (killed) run and reused
+    precision: str = "fp32"        # what the network ran in: "fp32" or "bf16"
 
 
 class _Progress:
@@ -508,6 +518,9 @@ class SegmentJob:
     mode: int | None               # None: the fullest the model supports
     work_region: Region
     source_kwargs: dict | None     # a WarpedVRT onto the work grid, or None
+    # Resolved once where the run is planned, so that every strip (and every Dask
+    # worker) computes in the same precision and the plan line can say which.
+    precision: Precision
 
     @property
     def resampled(self) -> bool:
@@ -582,6 +595,9 @@ def plan_job(scene: str | Path, meta: ModelMeta, output: str | Path,
     except ValueError as exc:
         raise GlnetError(str(exc)) from None
     _check_factor(scene, plan, grid, opts)
+    precision = resolve_precision(opts.precision, opts.device)
+    if precision.warning is not None:
+        plan.warnings.append(precision.warning)
 
     if plan.resample is None:
         work_region, source_kwargs = plan.region, None
@@ -593,7 +609,7 @@ def plan_job(scene: str | Path, meta: ModelMeta, output: str | Path,
                              resampling=(Resampling.average if max(plan.resample) > 1
                                          else Resampling.bilinear))
     return SegmentJob(scene, output, prob_path, meta, opts, plan, crs, grid, mode, work_region,
-                      source_kwargs)
+                      source_kwargs, precision)
 
 
 def resample_factor(plan: _Plan) -> float | None:
@@ -615,7 +631,8 @@ def _windows(grid: WindowGrid) -> str:
 
 def describe_plan(job: SegmentJob) -> str:
     """One line of what ``job`` will do, e.g. ``plan: 30720 x 30720 px at 0.5 m (resampled
-    60x from 30 m), 484 windows of 1880 px``."""
+    60x from 30 m), 484 windows of 1880 px, bf16`` (the last: the precision the network
+    runs in)."""
     plan = job.plan
     height, width = plan.work_size
     text = f"plan: {width} x {height} px"
@@ -625,7 +642,7 @@ def describe_plan(job: SegmentJob) -> str:
                  f"{_metres(plan.ground[0])})")
     elif plan.ground is not None:
         text += f" at {_metres(plan.ground[0])}"
-    return f"{text}, {_windows(job.grid)}"
+    return f"{text}, {_windows(job.grid)}, {job.precision.name}"
 
 
 def _check_factor(scene, plan: _Plan, grid: WindowGrid, opts: SegmentOptions) -> None:
@@ -808,8 +825,9 @@ def run_identity(job: SegmentJob, model_path: Path | None, cut: list[Strip]) -> 
     ignored = {"overwrite", "resume", "overviews", "style", "cache_mb"}
     options = {f.name: repr(getattr(job.opts, f.name)) for f in fields(job.opts)
                if f.name not in ignored}
+    # The resolved precision too: "auto" may mean another one on another machine.
     return {"model": model, "scene": scene, "scene file": stat(job.scene),
-            "options": options, "strips": [[s.lo, s.hi, s.first, s.last] for s in cut]}
+            "options": options, "precision": job.precision.name, "strips": [[s.lo, s.hi, s.first, s.last] for s in cut]}
 
 
 @dataclass
@@ -1006,7 +1024,8 @@ def _segment_rows(job: SegmentJob, net, windows: list, emit, stats_for,
 
             started = time.perf_counter()
             pred = predict_window(net, x, mode=mode, policy=policy, sub_batch=opts.sub_batch,
-                                  smooth_patches=opts.smooth_patches, on_batch=on_batch)
+                                  smooth_patches=opts.smooth_patches, on_batch=on_batch,
+                                  precision=job.precision.name)
             result.model_seconds += time.perf_counter() - started
             del x
             result.patches += pred.patches
@@ -1241,7 +1260,7 @@ def _run(job: SegmentJob, run, tmp_out, tmp_prob, temps, report) -> SegmentResul
         class_pixels={name: int(c) for name, c in zip(names, counts)}, seconds=0.0,
         resampled=resampled, work_size=plan.work_size,
         peak_blend_bytes=max(r.peak_blend_bytes for r in strips_done),
-        model_seconds=sum(r.model_seconds for r in strips_done),
+        model_seconds=sum(r.model_seconds for r in strips_done), precision=job.precision.name,
         warnings=[*plan.warnings, *_nonfinite_warning(sum(r.nonfinite for r in strips_done))])
 
 

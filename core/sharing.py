@@ -62,7 +62,11 @@ class LocalToGlobal:
 
     def __init__(self, like: Pyramid, grid: PatchGrid) -> None:
         self.grid = grid
-        self.sums = [torch.zeros((1, m.shape[1], *m.shape[-2:]), dtype=m.dtype, device=m.device)
+        # Sums in fp32 at least: with a bf16 network, bf16 sums of overlapping
+        # patches would lose what the merge is for.
+        self.sums = [torch.zeros((1, m.shape[1], *m.shape[-2:]),
+                                 dtype=torch.promote_types(m.dtype, torch.float32),
+                                 device=m.device)
                      for m in like.maps()]
 
     def add(self, local: Pyramid, index: slice | range) -> None:

@@ -28,6 +28,8 @@ from .algorithm import (
 )
 
 DEVICES = ("cpu", "cuda")
+# The engine's --precision values, in the order of the "Precision" choices.
+PRECISIONS = ("auto", "fp32", "bf16")
 MODES = (None, 1, 2, 3)
 REFINE = ("all", "confidence", "bbox", "bbox+confidence")
 PROBABILITY_KINDS = ("classes", "confidence")
@@ -42,6 +44,7 @@ class SegmentAlgorithm(GlnetAlgorithm):
     EXTENT = "EXTENT"
     AOI = "AOI"
     DEVICE = "DEVICE"
+    PRECISION = "PRECISION"
     WINDOW = "WINDOW"
     OVERLAP = "OVERLAP"
     BLEND = "BLEND"
@@ -83,7 +86,11 @@ class SegmentAlgorithm(GlnetAlgorithm):
             "bands the model takes, and their names, is in the log's first line and in 'Model "
             "information'. Extent and area of interest limit the work and the "
             "output; pixels outside the area's polygons are nodata. Device: cpu, or cuda for an "
-            "NVIDIA GPU.\n\n"
+            "NVIDIA GPU. Precision: Automatic runs the network in bf16 where the processor "
+            "computes it natively (CPUs with avx512_bf16 or AMX, GPUs from the Ampere "
+            "generation on; faster, and a few pixels near class boundaries may "
+            "change) and in fp32 elsewhere; fp32 always gives the full-precision mask; bf16 "
+            "is used even where it is emulated (slower; the log warns).\n\n"
             "Advanced (empty: the model's own value, read from its metadata): the context "
             "window, the least overlap of windows (a quarter window), the blending width, the "
             "patches per forward pass, the branches used, and coarse-to-fine refinement: with "
@@ -115,6 +122,11 @@ class SegmentAlgorithm(GlnetAlgorithm):
             [QgsProcessing.TypeVectorPolygon], optional=True))
         self.addParameter(QgsProcessingParameterEnum(
             self.DEVICE, self.tr("Device"), options=list(DEVICES), defaultValue=0))
+        self.addParameter(QgsProcessingParameterEnum(
+            self.PRECISION, self.tr("Precision"),
+            options=[self.tr("Automatic: bf16 where native, else fp32"), self.tr("fp32"),
+                     self.tr("bf16")],
+            defaultValue=0))
 
         self.addParameter(advanced(QgsProcessingParameterNumber(
             self.WINDOW, self.tr("Context window in pixels (empty: the model's)"),
@@ -242,7 +254,9 @@ class SegmentAlgorithm(GlnetAlgorithm):
                 args += ["--aoi", aoi]
                 if aoi_layer:
                     args += ["--aoi-layer", aoi_layer]
-        args += ["--device", DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)]]
+        args += ["--device", DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
+                 "--precision",
+                 PRECISIONS[self.parameterAsEnum(parameters, self.PRECISION, context)]]
         for key, flag in ((self.WINDOW, "--window"), (self.OVERLAP, "--overlap"),
                           (self.THREADS, "--threads")):
             if parameters.get(key) not in (None, ""):

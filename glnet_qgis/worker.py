@@ -293,6 +293,8 @@ DIALOG_TERMS = (
     (r"--classes\b", '"Classes to keep"'),
     (r"--window\b", '"Context window"'),
     (r"--device\b", '"Device"'),
+    (r"--precision auto\b", '"Precision" Automatic'),
+    (r"--precision\b", '"Precision"'),
 )
 
 

@@ -179,7 +179,8 @@ def test_scene_in_one_window_equals_single_pass(trained, tmp_path):
     assert res.windows == 1
     valid = (image != 0).any(0)
     x = to_tensor(image, meta.mean, meta.std, valid)
-    probs = predict_window(model, x, sub_batch=OPTS.sub_batch, smooth_patches=True).probabilities
+    probs = predict_window(model, x, sub_batch=OPTS.sub_batch, smooth_patches=True,
+                           precision=res.precision).probabilities
     expected = probs.argmax(0).numpy().astype(np.uint8)
     expected[~valid] = NODATA
     mask, profile, _ = read(tmp_path / "mask.tif")

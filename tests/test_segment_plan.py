@@ -14,7 +14,11 @@ from rasterio.transform import from_origin
 
 from glnet.cli import main
 from glnet.errors import OptionError
+from glnet.precision import resolve_precision
 from glnet.segment import SegmentOptions, segment
+
+# The plan line ends with the precision the network runs in: "auto" is this CPU's.
+AUTO = resolve_precision("auto").name
 
 
 def write_scene(path: Path, size: int, resolution: float) -> Path:
@@ -60,7 +64,8 @@ def test_plan_and_warnings_come_before_any_progress(model, tmp_path, capsys):
     assert code == 0, err
     lines = err.splitlines()
     assert json.loads(lines[0]) == {
-        "message": "plan: 256 x 256 px at 0.5 m (resampled 2x from 1 m), 4 windows of 192 px"}
+        "message": f"plan: 256 x 256 px at 0.5 m (resampled 2x from 1 m), 4 windows of 192 px, "
+                   f"{AUTO}"}
     # Work starts with the engine's first phase message; progress moves only after it.
     started = next(i for i, line in enumerate(lines) if "segmenting" in line)
     moved = next(i for i, line in enumerate(lines)
@@ -94,12 +99,12 @@ def test_a_factor_beyond_4x_is_refused_before_any_work(model, tmp_path, capsys):
                          "--no-overviews", "--resolution", "0.625")
     assert code == 0, err
     assert err.splitlines()[0] == ("plan: 256 x 256 px at 0.625 m (resampled 4x from 2.5 m), "
-                                   "4 windows of 192 px")
+                                   f"4 windows of 192 px, {AUTO}")
     code, stdout, err = glnet(capsys, "segment", scene, "-m", model, "-o", out, "--mode", "1",
                               "--no-overviews", "--overwrite", "--force-resample")
     assert code == 0, err
     assert err.splitlines()[0] == ("plan: 320 x 320 px at 0.5 m (resampled 5x from 2.5 m), "
-                                   "4 windows of 192 px")
+                                   f"4 windows of 192 px, {AUTO}")
     with rasterio.open(out) as ds:
         assert (ds.width, ds.height) == (64, 64)
 
