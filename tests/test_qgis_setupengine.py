@@ -114,6 +114,45 @@ def test_a_folder_that_is_not_an_environment_is_refused(zip_qgis, tmp_path):
     assert saved_setting(zip_qgis) == ""
 
 
+CANCEL_SCRIPT = """
+from qgis.core import QgsProcessingContext, QgsProcessingFeedback, QgsSettings
+
+class CancelAtPip(QgsProcessingFeedback):
+    # Cancels at pip's first line, as the dialog's Cancel button would.
+    def __init__(self):
+        super().__init__()
+        self.errors = []
+        self.pip = False
+    def pushCommandInfo(self, text):
+        self.pip = self.pip or ' -m pip install ' in text
+    def pushConsoleInfo(self, text):
+        if self.pip:
+            self.cancel()
+    def reportError(self, text, fatalError=False):
+        self.errors.append(text)
+
+feedback = CancelAtPip()
+alg = registry.algorithmById('glnet:setupengine')
+start = time.monotonic()
+results, ok = alg.run({'TARGET': ARGS[0]}, QgsProcessingContext(), feedback)
+print(json.dumps({'ok': ok, 'errors': feedback.errors, 'seconds': time.monotonic() - start,
+                  'setting': QgsSettings().value('Processing/Configuration/GLNET_PYTHON', '')}))
+"""
+
+
+def test_cancel_stops_pip_and_keeps_the_setting(zip_qgis, tmp_path):
+    target = tmp_path / "env"
+    proc = zip_qgis.pyqgis(CANCEL_SCRIPT, str(target), timeout=300)
+    assert proc.returncode == 0, log_of(proc)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["ok"] is False, result
+    assert any("Cancelled while pip" in e and "the GLNet Python setting was not changed" in e
+               for e in result["errors"]), result
+    assert result["setting"] == "" and saved_setting(zip_qgis) == ""
+    assert result["seconds"] < 120, result  # pip stopped before torch was installed
+    assert (target / "pyvenv.cfg").is_file()  # the environment stays, for the next run
+
+
 @pytest.mark.slow
 def test_setup_then_segment_through_the_setting(zip_qgis, tmp_path_factory):
     work = tmp_path_factory.mktemp("setup-run")
@@ -139,7 +178,7 @@ def test_setup_then_segment_through_the_setting(zip_qgis, tmp_path_factory):
                             "print(glnet.__file__); print(torch.__version__)"],
         capture_output=True, text=True, timeout=300, env=zip_qgis.env)
     assert probe.returncode == 0, probe.stderr
-    engine_file, torch_version = probe.stdout.split()
+    engine_file, torch_version = probe.stdout.strip().splitlines()
     assert Path(engine_file).is_relative_to(target / "lib") and torch_version.startswith("2.")
 
     # The other algorithms now find the engine through the saved setting alone.
