@@ -7,9 +7,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # torch and torchvision are pinned to the releases that this project's machines
-# carry on disk; pip then never fetches a multi-gigabyte build.
-TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+# carry on disk; pip then never fetches a multi-gigabyte build. The pins live in
+# glnet_qgis/torch-pins.txt because the plugin's "Set up the GLNet engine"
+# installs the same ones.
+TORCH_PINS_FILE := glnet_qgis/torch-pins.txt
+TORCH_PINS := $(shell sed -e 's/\#.*//' $(TORCH_PINS_FILE))
 QGIS_PROCESS := /usr/bin/qgis_process.bin
+# The Python that builds the plugin's engine wheel: .venv's when there is one
+# (it has a recent setuptools, from the dev extra), else PYTHON.
+PLUGIN_PYTHON := $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON))
 DIST := dist
 PLUGIN_BUILD := build/plugin
 PLUGIN_VERSION := $(shell sed -n 's/^version=//p' metadata.txt)
@@ -19,7 +25,7 @@ PLUGIN_ZIP := $(DIST)/glnet_qgis-$(PLUGIN_VERSION).zip
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(TORCH_PINS_FILE)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH_PINS)
@@ -50,16 +56,27 @@ bench: $(STAMP)
 # The zip for QGIS's "Install from ZIP": one folder glnet_qgis/ of real files
 # (cp -L resolves the metadata and icon links), with the engine source copied
 # into glnet_qgis/engine/ so that the plugin reads model files with no install
-# (the algorithms that run the network use the engine's own environment), and
-# the example Processing models in glnet_qgis/models/.
+# (the algorithms that run the network use the engine's own environment), the
+# engine as a wheel in glnet_qgis/wheels/ (what "Set up the GLNet engine"
+# installs), the torch pins, LICENSE, and the example Processing models in
+# glnet_qgis/models/. The wheel is built from a copy of the sources, without
+# build isolation (no package index needed; PLUGIN_PYTHON needs setuptools 77 or
+# later), so the checkout gets no build/ or egg-info of its own.
 # DIST and PLUGIN_BUILD may be overridden (the tests build into a temporary folder).
 plugin:
-	rm -rf $(PLUGIN_BUILD)/glnet_qgis $(PLUGIN_ZIP)
-	mkdir -p $(PLUGIN_BUILD)/glnet_qgis/engine $(PLUGIN_BUILD)/glnet_qgis/models $(DIST)
-	cp -L glnet_qgis/*.py glnet_qgis/metadata.txt glnet_qgis/icon.svg $(PLUGIN_BUILD)/glnet_qgis/
+	rm -rf $(PLUGIN_BUILD)/glnet_qgis $(PLUGIN_BUILD)/wheel-src $(PLUGIN_ZIP)
+	mkdir -p $(PLUGIN_BUILD)/glnet_qgis/engine $(PLUGIN_BUILD)/glnet_qgis/models \
+		$(PLUGIN_BUILD)/glnet_qgis/wheels $(PLUGIN_BUILD)/wheel-src $(DIST)
+	cp -L glnet_qgis/*.py glnet_qgis/metadata.txt glnet_qgis/icon.svg $(TORCH_PINS_FILE) LICENSE \
+		$(PLUGIN_BUILD)/glnet_qgis/
 	cp core/*.py $(PLUGIN_BUILD)/glnet_qgis/engine/
 	cp resources/models/*.model3 $(PLUGIN_BUILD)/glnet_qgis/models/
-	cd $(PLUGIN_BUILD) && $(PYTHON) -m zipfile -c $(abspath $(PLUGIN_ZIP)) glnet_qgis
+	cp -r pyproject.toml README.md LICENSE core $(PLUGIN_BUILD)/wheel-src/
+	rm -rf $(PLUGIN_BUILD)/wheel-src/core/__pycache__
+	cd $(PLUGIN_BUILD)/wheel-src && $(PLUGIN_PYTHON) -m pip wheel --quiet --no-deps \
+		--no-build-isolation --no-index -w $(abspath $(PLUGIN_BUILD))/glnet_qgis/wheels .
+	rm -rf $(PLUGIN_BUILD)/wheel-src
+	cd $(PLUGIN_BUILD) && $(PLUGIN_PYTHON) -m zipfile -c $(abspath $(PLUGIN_ZIP)) glnet_qgis
 	@echo "Built $(PLUGIN_ZIP)"
 
 clean:

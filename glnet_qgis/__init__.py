@@ -4,9 +4,21 @@ QGIS calls ``classFactory`` both in the desktop application (with ``iface``)
 and under ``qgis_process`` (with ``iface`` None, then only ``initProcessing``).
 Nothing here touches the GUI, and importing the package does no work: the
 provider and the engine are imported when Processing asks for them.
+
+When Processing starts the plugin and no Python that could hold the engine
+exists, the plugin says so once, naming "Set up the GLNet engine": a message
+bar in the desktop; without iface (qgis_process, PyQGIS scripts) a QgsMessageLog
+line, and the same line on stderr, since qgis_process 3.22 shows no message log
+(stderr leaves its ``--json`` output intact). The
+check only looks for files (``worker.engine_candidate_exists``), so loading
+never waits for a Python to start.
 """
 
-from qgis.core import QgsApplication
+import sys
+
+from qgis.core import Qgis, QgsApplication, QgsMessageLog
+
+LOG_TAG = "GLNet"
 
 
 class GlnetPlugin:
@@ -15,6 +27,7 @@ class GlnetPlugin:
     def __init__(self, iface):
         self.iface = iface
         self.provider = None
+        self.engine_noticed = False
 
     def initProcessing(self):
         if self.provider is not None:
@@ -23,6 +36,20 @@ class GlnetPlugin:
 
         self.provider = GlnetProvider()
         QgsApplication.processingRegistry().addProvider(self.provider)
+        self.notice_missing_engine()
+
+    def notice_missing_engine(self):
+        """Say once that the engine is missing, naming the algorithm that sets it up."""
+        from . import worker
+
+        if self.engine_noticed or worker.engine_candidate_exists():
+            return
+        self.engine_noticed = True
+        if self.iface is not None:
+            self.iface.messageBar().pushMessage(LOG_TAG, worker.NO_ENGINE_NOTICE, Qgis.Warning, 0)
+        else:
+            QgsMessageLog.logMessage(worker.NO_ENGINE_NOTICE, LOG_TAG, Qgis.Warning)
+            print(worker.NO_ENGINE_NOTICE, file=sys.stderr, flush=True)
 
     def initGui(self):
         # The desktop calls initProcessing itself for plugins declaring

@@ -77,7 +77,8 @@ class GlnetAlgorithm(QgsProcessingAlgorithm):
         return QIcon(ICON_PATH)
 
     def group(self):
-        return {"landcover": self.tr("Land cover"), "models": self.tr("Models")}[self.GROUP]
+        return {"landcover": self.tr("Land cover"), "models": self.tr("Models"),
+                "engine": self.tr("Engine")}[self.GROUP]
 
     def groupId(self):
         return self.GROUP

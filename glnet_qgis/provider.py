@@ -11,6 +11,7 @@ from .evaluate import EvaluateAlgorithm
 from .importofficial import ImportOfficialAlgorithm
 from .modelinfo import ModelInfoAlgorithm
 from .segment import SegmentAlgorithm
+from .setupengine import SetupEngineAlgorithm
 from .train import TrainAlgorithm
 from .vectorize import VectorizeAlgorithm
 
@@ -18,7 +19,7 @@ PLUGIN_DIR = os.path.dirname(__file__)
 ICON_PATH = os.path.join(PLUGIN_DIR, "icon.svg")
 METADATA_PATH = os.path.join(PLUGIN_DIR, "metadata.txt")
 ALGORITHMS = (SegmentAlgorithm, TrainAlgorithm, VectorizeAlgorithm, EvaluateAlgorithm,
-              ImportOfficialAlgorithm, ModelInfoAlgorithm)
+              ImportOfficialAlgorithm, ModelInfoAlgorithm, SetupEngineAlgorithm)
 
 
 class GlnetProvider(QgsProcessingProvider):

@@ -21,8 +21,13 @@ The Python is found, in this order (the first that imports ``glnet.cli``):
    ``Processing/Configuration/GLNET_PYTHON``), or else the environment
    variable ``GLNET_PYTHON``: when either is set, only that one is tried;
 2. ``<plugin folder>/../.venv`` (a source checkout on QGIS_PLUGINPATH);
-3. ``~/.local/share/glnet-qgis/venv``, where the install message puts it;
+3. ``~/.local/share/glnet-qgis/venv`` (USER_VENV), where "Set up the GLNet
+   engine" (``glnet:setupengine``, engine_setup.py) puts it by default;
 4. the interpreter of a ``glnet`` command on PATH (read from its first lines).
+
+Without one, the error names that algorithm and a pip command that installs
+the engine by hand: the wheel in the plugin's ``wheels/`` folder (``make
+plugin`` builds it), or the source checkout the plugin lies in.
 
 This module needs only the standard library (QGIS is imported lazily, for the
 setting), so it can be tested without QGIS.
@@ -30,6 +35,7 @@ setting), so it can be tested without QGIS.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import queue
@@ -48,6 +54,18 @@ SETTINGS_KEY = f"Processing/Configuration/{SETTING}"
 PLUGIN_DIR = os.path.dirname(os.path.abspath(__file__))
 DISTRIBUTION = "glnet-qgis"
 USER_VENV = os.path.join("~", ".local", "share", "glnet-qgis", "venv")
+SETUP_ALGORITHM = "glnet:setupengine"
+SETUP_NAME = "Set up the GLNet engine"
+# Said once when the plugin loads and no engine Python exists (glnet_qgis/__init__.py).
+NO_ENGINE_NOTICE = (f"GLNet: the engine (a Python environment with torch) was not found: run "
+                    f'"{SETUP_NAME}" ({SETUP_ALGORITHM}), in the Processing Toolbox under '
+                    "GLNet > Engine, to install it")
+# What a plugin zip carries for setting the engine up (see the Makefile's plugin target).
+WHEELS_DIR = os.path.join(PLUGIN_DIR, "wheels")
+WHEEL_GLOB = "glnet_qgis-*-py3-none-any.whl"
+PINS_FILE = os.path.join(PLUGIN_DIR, "torch-pins.txt")
+# The extra with the lite preset's ImageNet trunks, installed with the engine.
+EXTRAS = "pretrained"
 CHECK_TIMEOUT = 60
 TERMINATE_GRACE = 5.0
 POLL_SECONDS = 0.1
@@ -159,20 +177,56 @@ def check_python(python: str) -> tuple[bool, str]:
     return result
 
 
+def torch_pins() -> list[str]:
+    """The torch and torchvision requirements of ``torch-pins.txt`` (none if it is missing)."""
+    try:
+        with open(PINS_FILE, encoding="utf-8") as f:
+            lines = [line.split("#", 1)[0].strip() for line in f]
+    except OSError:
+        return []
+    return [line for line in lines if line]
+
+
+def engine_source() -> str | None:
+    """What pip installs the engine from: the zip's wheel, else the source checkout, else None."""
+    wheels = sorted(glob.glob(os.path.join(WHEELS_DIR, WHEEL_GLOB)))
+    if wheels:
+        return wheels[-1]
+    checkout = os.path.dirname(PLUGIN_DIR)
+    if os.path.isfile(os.path.join(checkout, "pyproject.toml")) \
+            and os.path.isfile(os.path.join(checkout, "core", "cli.py")):
+        return checkout
+    return None
+
+
+def pip_command(python: str) -> str:
+    """A shell command that installs the engine, its extras and the pinned torch into ``python``."""
+    source = engine_source() or "/path/to/glnet-qgis"
+    words = [python, "-m", "pip", "install", f"{source}[{EXTRAS}]", *torch_pins()]
+    return " ".join(w if w.startswith("$HOME/") and " " not in w else shlex.quote(w)
+                    for w in words)
+
+
+def engine_candidate_exists() -> bool:
+    """Whether any Python the engine is looked for in exists (a cheap check: nothing is run)."""
+    return any(os.path.isfile(python) for python in (p for p, _ in candidates()[1]))
+
+
 def install_message(explicit: str | None, tried: list[tuple[str, str, str]]) -> str:
     venv = USER_VENV.replace("~", "$HOME", 1) if os.name != "nt" else os.path.expanduser(USER_VENV)
     python = _venv_python(venv)
-    lines = ["The GLNet engine was not found."]
+    lines = ["The GLNet engine was not found.",
+             f'Set it up with the Processing algorithm "{SETUP_NAME}" ({SETUP_ALGORITHM}; '
+             f"GLNet in the Toolbox, or qgis_process run {SETUP_ALGORITHM}), which installs it "
+             "with torch in a Python environment of its own and saves the setting."]
     if explicit:
         path, _, why = tried[0]
         lines.append(f"{explicit} names {path}, which cannot import glnet ({why}). "
-                     f"Install the engine into it with:  {path} -m pip install {DISTRIBUTION}  "
+                     f"Install the engine into it with:  {pip_command(path)}  "
                      f"or point {ENV_VAR} at a Python that has it.")
     else:
-        lines.append("Install it in a Python environment of its own (3.10 or later), with torch, "
-                     f"where the plugin looks for it:  python3 -m venv {venv} && "
-                     f"{python} -m pip install {DISTRIBUTION}  "
-                     f"(from a source checkout: {python} -m pip install /path/to/glnet-qgis). "
+        lines.append("Or by hand, in a Python environment (3.10 or later) where the plugin "
+                     f"looks for it:  python3 -m venv {venv} && {pip_command(python)}  "
                      f"Or set {ENV_VAR} (environment, or Settings > Options > Processing > "
                      "Providers > GLNet) to a Python that has it.")
         if tried:
@@ -406,37 +460,26 @@ class Result:
         return "\n".join(self.stdout_lines)
 
 
-def run_engine(command: str, args: list[str], feedback=None, outputs=(), python: str | None = None,
-               echo_stdout: bool = True) -> Result:
-    """Run ``glnet COMMAND ARGS`` in the worker and follow it.
+def follow(argv: list[str], log: _Log, on_stdout, on_stderr, what: str) -> tuple[int, bool, bool]:
+    """Run ``argv`` to its end, handing each stdout and stderr line to its callback as it comes.
 
-    Progress and messages go to ``feedback`` (a QgsProcessingFeedback or None);
-    ``feedback.isCanceled()`` is checked every POLL_SECONDS. Raises
-    EngineNotFound, EngineError (the engine's one-line message) or
-    EngineCancelled. ``outputs`` are the paths the command writes: after a
-    worker had to be killed, its temporary files beside them are removed.
+    ``log.cancelled()`` is checked every POLL_SECONDS: a cancel logs "Cancelling:
+    stopping WHAT" and sends SIGTERM; a process still alive TERMINATE_GRACE
+    seconds later is killed. Returns ``(returncode, cancelled, killed)``; raises
+    OSError when ``argv`` cannot start.
     """
-    log = _Log(feedback)
     pump_events = _main_thread_events()
-    python = python or find_python()
-    argv = command_line(python, command, args)
-    log.command(shlex.join(argv) if hasattr(shlex, "join") else " ".join(argv))
-    try:
-        proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env=worker_env(), text=True, encoding="utf-8", errors="replace", bufsize=1,
-            **_popen_flags())
-    except OSError as exc:
-        raise EngineError(f"cannot start the GLNet engine ({python}): {exc}") from None
-
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=worker_env(), text=True, encoding="utf-8", errors="replace", bufsize=1,
+        **_popen_flags())
     lines: queue.Queue = queue.Queue()
     pumps = [threading.Thread(target=_pump, args=(proc.stdout, "out", lines), daemon=True),
              threading.Thread(target=_pump, args=(proc.stderr, "err", lines), daemon=True)]
     for t in pumps:
         t.start()
+    handlers = {"out": on_stdout, "err": on_stderr}
     open_streams = {"out", "err"}
-    stdout_lines: list[str] = []
-    stderr_lines: list[str] = []
     cancelled_at = None
     killed = False
     exited_at = None
@@ -451,15 +494,11 @@ def run_engine(command: str, args: list[str], feedback=None, outputs=(), python:
             if tag is not None:
                 if line is None:
                     open_streams.discard(tag)
-                elif tag == "out":
-                    stdout_lines.append(line)
-                    if echo_stdout and line.strip():
-                        log.info(line)
                 else:
-                    _stderr_line(log, line, stderr_lines)
+                    handlers[tag](line)
             if cancelled_at is None and log.cancelled():
                 cancelled_at = time.monotonic()
-                log.info("Cancelling: stopping the GLNet engine")
+                log.info(f"Cancelling: stopping {what}")
                 _terminate(proc)
             if cancelled_at is not None and not killed and proc.poll() is None \
                     and time.monotonic() - cancelled_at > TERMINATE_GRACE:
@@ -471,7 +510,7 @@ def run_engine(command: str, args: list[str], feedback=None, outputs=(), python:
                 if not open_streams or time.monotonic() - exited_at > 2.0:
                     break
     finally:
-        if proc.poll() is None:  # an exception in this loop: never leave the worker behind
+        if proc.poll() is None:  # an exception in this loop: never leave the process behind
             proc.kill()
             killed = True
         proc.wait()
@@ -486,13 +525,39 @@ def run_engine(command: str, args: list[str], feedback=None, outputs=(), python:
         except queue.Empty:
             break
         if line is not None:
-            if tag == "out":
-                stdout_lines.append(line)
-            else:
-                _stderr_line(log, line, stderr_lines)
+            handlers[tag](line)
+    return proc.returncode, cancelled_at is not None, killed
 
-    code = proc.returncode
-    if cancelled_at is not None and (code != 0 or killed):
+
+def run_engine(command: str, args: list[str], feedback=None, outputs=(), python: str | None = None,
+               echo_stdout: bool = True) -> Result:
+    """Run ``glnet COMMAND ARGS`` in the worker and follow it.
+
+    Progress and messages go to ``feedback`` (a QgsProcessingFeedback or None);
+    ``feedback.isCanceled()`` is checked every POLL_SECONDS. Raises
+    EngineNotFound, EngineError (the engine's one-line message) or
+    EngineCancelled. ``outputs`` are the paths the command writes: after a
+    worker had to be killed, its temporary files beside them are removed.
+    """
+    log = _Log(feedback)
+    python = python or find_python()
+    argv = command_line(python, command, args)
+    log.command(shlex.join(argv) if hasattr(shlex, "join") else " ".join(argv))
+    stdout_lines: list[str] = []
+    stderr_lines: list[str] = []
+
+    def on_stdout(line: str) -> None:
+        stdout_lines.append(line)
+        if echo_stdout and line.strip():
+            log.info(line)
+
+    try:
+        code, cancelled, killed = follow(
+            argv, log, on_stdout, lambda line: _stderr_line(log, line, stderr_lines),
+            "the GLNet engine")
+    except OSError as exc:
+        raise EngineError(f"cannot start the GLNet engine ({python}): {exc}") from None
+    if cancelled and (code != 0 or killed):
         # The engine removes its own temporary files on SIGTERM; this is for a killed one.
         remove_partial_outputs(outputs)
         raise EngineCancelled("cancelled; the GLNet engine stopped and wrote nothing")

@@ -180,10 +180,11 @@ ARGS = sys.argv[2:]
 
 
 def build_plugin_zip(out: Path) -> Path:
-    """``make plugin`` into ``out``; returns the zip."""
+    """``make plugin`` into ``out``, the engine wheel built by this Python; returns the zip."""
     proc = subprocess.run(
         ["make", "--no-print-directory", "-C", str(ROOT), "plugin",
-         f"DIST={out / 'dist'}", f"PLUGIN_BUILD={out / 'build'}"],
+         f"DIST={out / 'dist'}", f"PLUGIN_BUILD={out / 'build'}",
+         f"PLUGIN_PYTHON={sys.executable}"],
         capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     version = metadata(ROOT / "metadata.txt")["version"]

@@ -52,6 +52,7 @@ ALGORITHMS = {
     "glnet:evaluate": "Evaluate segmentation",
     "glnet:importofficial": "Import released GLNet checkpoints",
     "glnet:modelinfo": "Model information",
+    "glnet:setupengine": "Set up the GLNet engine",
 }
 MODEL3 = ROOT / "resources" / "models" / "segment_and_vectorize.model3"
 CRS = "EPSG:32633"
@@ -257,7 +258,7 @@ def test_help_documents_every_parameter(qgis):
     assert set(algs) == set(ALGORITHMS)
     for alg, details in algs.items():
         assert details["short"] and len(details["help"]) > 200, alg
-        assert details["group"] in ("Land cover", "Models"), alg
+        assert details["group"] in ("Land cover", "Models", "Engine"), alg
         for name, description in details["parameters"].items():
             assert len(description) > 3, (alg, name)
 
@@ -595,7 +596,8 @@ def test_missing_engine_says_what_to_install(qgis, data, cli_model, tmp_path):
     assert_fails_with(proc, "The GLNet engine was not found.")
     output = log_of(proc)
     assert f"the environment variable GLNET_PYTHON names {SYSTEM_PYTHON}" in output
-    assert f"{SYSTEM_PYTHON} -m pip install glnet-qgis" in output
+    assert f"{SYSTEM_PYTHON} -m pip install '{ROOT}[pretrained]' torch==" in output
+    assert "(glnet:setupengine;" in output
     assert "No module named 'glnet'" in output
     assert not (tmp_path / "mask.tif").exists()
 
@@ -622,7 +624,10 @@ def test_zip_plugin_without_an_engine_says_what_to_install(zip_qgis, data, tmp_p
     assert_fails_with(proc, "The GLNet engine was not found.")
     output = log_of(proc)
     assert "python3 -m venv $HOME/.local/share/glnet-qgis/venv" in output
-    assert "$HOME/.local/share/glnet-qgis/venv/bin/python -m pip install glnet-qgis" in output
+    wheel = next((zip_qgis.plugins_dir / "glnet_qgis" / "wheels").glob("*.whl"))
+    assert f"$HOME/.local/share/glnet-qgis/venv/bin/python -m pip install '{wheel}[pretrained]'" \
+        in output
+    assert '"Set up the GLNet engine" (glnet:setupengine;' in output
     assert "set GLNET_PYTHON" in output
     # What it tried: the user environment (no checkout beside the installed plugin).
     assert f"{zip_qgis.home}/.local/share/glnet-qgis/venv/bin/python (user environment: not found)" \

@@ -39,7 +39,7 @@ from qgis_support import metadata as _metadata
 
 ALG = "glnet:modelinfo"
 ALGORITHMS = ("glnet:segmentlandcover", "glnet:train", "glnet:vectorize", "glnet:evaluate",
-              "glnet:importofficial", "glnet:modelinfo")
+              "glnet:importofficial", "glnet:modelinfo", "glnet:setupengine")
 CLASSES = (("water", (31, 120, 180)), ("forest <wet> & dry", (51, 160, 44)),
            ("built-up", (227, 26, 28)))
 
@@ -203,11 +203,20 @@ def test_zip_holds_real_files_and_the_engine(plugin_zip):
     assert "<svg" in icon
     for name in ("__init__.py", "provider.py", "modelinfo.py", "engine_loader.py", "worker.py",
                  "algorithm.py", "styles.py", "segment.py", "train.py", "vectorize.py",
-                 "evaluate.py", "importofficial.py"):
+                 "evaluate.py", "importofficial.py", "setupengine.py", "engine_setup.py",
+                 "torch-pins.txt", "LICENSE"):
         assert f"{PLUGIN}/{name}" in names
     for source in (ROOT / "core").glob("*.py"):
         assert f"{PLUGIN}/engine/{source.name}" in names
     assert f"{PLUGIN}/models/segment_and_vectorize.model3" in names
+    # The engine as a wheel, for "Set up the GLNet engine", with the LICENSE inside it too.
+    version = _metadata(ROOT / "metadata.txt")["version"]
+    wheel = f"{PLUGIN}/wheels/glnet_qgis-{version}-py3-none-any.whl"
+    assert wheel in names
+    with zipfile.ZipFile(plugin_zip) as zf, zf.open(wheel) as f, zipfile.ZipFile(f) as whl:
+        wheel_names = set(whl.namelist())
+    assert {f"glnet/{source.name}" for source in (ROOT / "core").glob("*.py")} <= wheel_names
+    assert f"glnet_qgis-{version}.dist-info/licenses/LICENSE" in wheel_names
 
 
 def test_zip_engine_imports_without_torch(zip_qgis, model_file):

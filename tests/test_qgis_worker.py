@@ -204,7 +204,10 @@ def test_discovery_order(worker, tmp_path, monkeypatch):
     text = str(err.value)
     assert text.startswith("The GLNet engine was not found.")
     assert f"names {tmp_path / 'nowhere' / 'python'}, which cannot import glnet (not found)" in text
-    assert f"{tmp_path / 'nowhere' / 'python'} -m pip install glnet-qgis" in text
+    # The checkout's source tree, its extra and the pinned torch (plugin from a checkout).
+    assert f"{tmp_path / 'nowhere' / 'python'} -m pip install '{ROOT}[pretrained]' " \
+           "torch==" in text
+    assert '"Set up the GLNet engine" (glnet:setupengine;' in text
 
     monkeypatch.setenv("GLNET_PYTHON", sys.executable)
     assert worker.find_python() == sys.executable
@@ -218,9 +221,11 @@ def test_install_message_without_any_candidate(worker, monkeypatch, tmp_path):
     with pytest.raises(worker.EngineNotFound) as err:
         worker.find_python()
     text = str(err.value)
+    # A plugin folder with neither a wheel nor a checkout: the source tree, by name.
     assert "python3 -m venv $HOME/.local/share/glnet-qgis/venv && " \
-           "$HOME/.local/share/glnet-qgis/venv/bin/python -m pip install glnet-qgis" in text
-    assert "pip install /path/to/glnet-qgis" in text and "GLNET_PYTHON" in text
+           "$HOME/.local/share/glnet-qgis/venv/bin/python -m pip install " \
+           "'/path/to/glnet-qgis[pretrained]'" in text
+    assert "GLNET_PYTHON" in text and "(glnet:setupengine;" in text
     assert f"{tmp_path}/.local/share/glnet-qgis/venv/bin/python (user environment: not found)" \
         in text
 
