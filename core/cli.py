@@ -19,7 +19,7 @@ from . import __version__
 from .config import DEFAULT_PRESET, PRESETS
 from .errors import GlnetError
 from .files import check_output_path
-from .precision import PRECISIONS
+from .precision import DEFAULT_PRECISION, PRECISIONS
 
 # Commands that later releases fill in, with the issue that brings them.
 PLANNED: dict[str, str] = {}
@@ -199,10 +199,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--aoi-layer", help="layer of the --aoi file (default: its first)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--threads", type=int, help="CPU threads for the model")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="the network in fp32, or in bf16 (probabilities stay fp32); auto "
-                        "(default): bf16 where the CPU (avx512_bf16, amx_bf16) or GPU has it "
-                        "natively, else fp32. bf16 elsewhere runs emulated, with a warning")
+    p.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION,
+                   help=f"the network in fp32, or in bf16 (probabilities stay fp32); auto: bf16 "
+                        f"where the CPU (avx512_bf16, amx_bf16) or GPU has it natively, else fp32 "
+                        f"(default {DEFAULT_PRECISION}). bf16 elsewhere runs emulated, with a warning")
     p.add_argument("--batch", type=int, default=1,
                    help="patches per forward pass (default 1; more is faster on a GPU)")
     p.add_argument("--window", type=int, help="context window in pixels (default: the model's)")
@@ -459,7 +459,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.model is not None:
         from .segment import SegmentOptions
 
-        options = SegmentOptions(threads=args.threads, precision=args.precision or "auto")
+        options = SegmentOptions(threads=args.threads, precision=args.precision or DEFAULT_PRECISION)
         if args.dataset is not None:
             result = evaluate_model_on_dataset(
                 args.model, args.dataset, ignore_classes=args.ignore_classes, tiles=args.tiles,

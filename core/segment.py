@@ -61,7 +61,7 @@ from .files import (
     work_folder,
 )
 from .modelfile import ModelMeta, read_metadata
-from .precision import PRECISIONS, Precision, resolve_precision
+from .precision import DEFAULT_PRECISION, PRECISIONS, Precision, resolve_precision
 from .windows import Region, Strip, WindowGrid, WindowReader
 from .windows import strips as cut_strips
 
@@ -110,6 +110,7 @@ class SegmentOptions:
             still formed and blended in fp32) or "auto": bf16 where the device
             computes it natively (``glnet.precision``), else fp32. bf16 on a
             device without native support runs emulated, with a warning.
+            Default ``precision.DEFAULT_PRECISION`` (fp32).
         threads: torch threads (None: torch's default).
         sub_batch: patches per forward pass of the local branch (1 costs no
             speed on a CPU and 60 MB less memory than 2 with the fast preset).
@@ -146,7 +147,7 @@ class SegmentOptions:
     force_resample: bool = False
     resolution_tolerance: float = 0.1
     device: str = "cpu"
-    precision: str = "auto"
+    precision: str = DEFAULT_PRECISION
     threads: int | None = None
     sub_batch: int = 1
     overwrite: bool = False

@@ -9,6 +9,7 @@ output comes out in), not off a timing.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import fixtures_models as fm
@@ -53,7 +54,7 @@ def test_precision_is_checked_where_it_is_defined(tmp_path, capsys):
     assert str(info.value) == "precision must be one of fp32, bf16, auto, not 'fp16'"
     with pytest.raises(OptionError, match=r"^precision must be one of fp32, bf16, auto, not 'BF16'$"):
         resolve_precision("BF16")
-    assert SegmentOptions().precision == "auto"
+    assert SegmentOptions().precision == "fp32"
     # The command line refuses it in one usage line that names the option and its choices.
     with pytest.raises(SystemExit) as exit_info:
         main(["segment", str(tmp_path / "s.tif"), "-m", str(tmp_path / "m.glnet"),
@@ -113,7 +114,7 @@ def test_bf16_runs_the_network_in_bf16_and_keeps_the_classes(trained, scene, tmp
         pct = ds.read().astype(int)
     assert pct.max() <= 100 and np.abs(pct.sum(0) - 100).max() <= 2
     # The plan line names the precision, and "auto" is what the CPU has.
-    job = plan_job(path, meta, tmp_path / "plan.tif", OPTS)
+    job = plan_job(path, meta, tmp_path / "plan.tif", replace(OPTS, precision="auto"))
     assert describe_plan(job) == f"plan: 640 x 480 px at 2 m, 48 windows of 112 px, {AUTO}"
     assert job.precision.name == AUTO
 

@@ -21,7 +21,7 @@ def test_the_plan_is_logged_and_a_5x_factor_needs_forcing(qgis, tmp_path):
     from glnet.config import NetConfig
     from glnet.glnet import GLNet
     from glnet.modelfile import default_meta, save_model
-    from glnet.precision import resolve_precision
+    from glnet.precision import DEFAULT_PRECISION, resolve_precision
 
     cfg = NetConfig(backbone="resnet18", in_channels=3, num_classes=4, fpn_channels=16,
                     smooth_channels=8, fuse_kernel=3, window_size=192, global_size=96,
@@ -48,7 +48,7 @@ def test_the_plan_is_logged_and_a_5x_factor_needs_forcing(qgis, tmp_path):
     assert proc.returncode == 0, log
     # qgis_process --json gathers the log by kind: the order of the information lines is kept.
     info, warnings = (json.loads(proc.stdout)["log"][kind] for kind in ("info", "warning"))
-    auto = resolve_precision("auto").name  # the plan line ends with the precision used
+    auto = resolve_precision(DEFAULT_PRECISION).name  # the plan line ends with the precision used
     plan = f"plan: 320 x 320 px at 0.5 m (resampled 5x from 2.5 m), 4 windows of 192 px, {auto}"
     assert plan in info and info.index(plan) < next(
         i for i, line in enumerate(info) if line.startswith("segmenting")), info

@@ -18,7 +18,7 @@ from glnet.precision import resolve_precision
 from glnet.segment import SegmentOptions, segment
 
 # The plan line ends with the precision the network runs in: "auto" is this CPU's.
-AUTO = resolve_precision("auto").name
+AUTO = resolve_precision(SegmentOptions().precision).name  # the default precision, resolved
 
 
 def write_scene(path: Path, size: int, resolution: float) -> Path:
