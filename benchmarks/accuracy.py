@@ -13,8 +13,9 @@ Methods
 All three are one preset's network (``--preset``, default ``lite``: EfficientNet-Lite0
 trunks from ImageNet weights, FPN 64 / 16, 1x1 fusion), trained with
 ``glnet.train.train`` (Adam, poly schedule over each stage, focal loss, flips
-and rotations) with the training defaults (every stage at 1e-4; pretrained
-trunks keep their BatchNorm statistics; ``--lr`` overrides), seeded, without validation (the whole training area is used for
+and rotations) with the training defaults (every stage at 1e-4, decoders at 10x
+with pretrained trunks; pretrained trunks keep their BatchNorm statistics; ``--lr`` and
+``--decoder-lr-factor`` override), seeded, without validation (the whole training area is used for
 training and the model after the last step is scored), once per seed of
 ``--seeds``; tables give the mean and the spread (half the range) over seeds.
 ``--preset fast`` runs the ResNet-18 network from scratch (the first round's
