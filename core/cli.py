@@ -154,7 +154,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="with a Dubai --dataset: score these tiles only (tile_N), e.g. 6,7")
     p.add_argument("--threads", type=int, help="with -m: CPU threads for segmenting")
     p.add_argument("--precision", choices=PRECISIONS,
-                   help="with -m: precision of the network, as glnet segment's (default auto)")
+                   help=f"with -m: precision of the network, as glnet segment's (default "
+                        f"{DEFAULT_PRECISION})")
     p.add_argument("--ref-field", help="class field of vector references, values or names "
                                        "(default class_id, else class_name)")
     p.add_argument("--ref-layer", help="layer of a vector file with several layers")

@@ -189,7 +189,7 @@ def uses_packaged_weights(options: TrainOptions) -> bool:
     return packaged
 
 
-# Measured on the demo scene (README, "Pretrained trunks").
+# Measured on the demo scene (README, "The model": validation mIoU after stages 1 and 2).
 PRETRAINED_DECODER_LR_FACTOR = 10.0
 
 
@@ -430,6 +430,7 @@ def _train(scenes, classes, output, options: TrainOptions, resume: bool, log, pr
         log("no validation area (scene too small or --val-fraction 0): keeping the last model")
 
     model = GLNet(net)
+    pretrained = is_pretrained(options)
     if options.backbone_weights and state is None:
         from .backbone import load_imagenet_weights
 
@@ -438,10 +439,9 @@ def _train(scenes, classes, output, options: TrainOptions, resume: bool, log, pr
         from .backbone import load_packaged_weights
 
         load_packaged_weights(model.global_backbone)
-    if is_pretrained(options) and state is None:
+    if pretrained and state is None:
         # Both branches start from the same weights: read (and hash) the file once.
         model.local_backbone.load_state_dict(model.global_backbone.state_dict())
-    pretrained = is_pretrained(options)
     model.frozen_trunk_statistics = (options.freeze_bn if options.freeze_bn is not None
                                      else pretrained)
     model.to(device)
