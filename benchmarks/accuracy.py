@@ -40,7 +40,7 @@ local only
 Budget
 ------
 ``--steps`` optimiser steps per method (default 900), independent of machine
-load: GLNet 300 + 300 + 300, the baselines 900 each. A step sees one context
+load: GLNet 300 + 300 + 300 (``--glnet-split``: other shares), the baselines 900 each. A step sees one context
 window (GLNet stage 1, global only), one context window with 4 patches
 carrying the loss (GLNet stages 2 and 3; all 16 patches run forward in stage
 3), or 4 patch-sized windows (local only). The geometry is the ``fast``
@@ -166,11 +166,11 @@ def method_options(method: str, args: argparse.Namespace, seed: int):
     else:  # the training defaults of the preset (pretrained or not)
         lr = {}
     if method == "GLNet":
-        s = args.steps // 3
+        steps = dict(zip((1, 2, 3), glnet_steps(args)))
         return TrainOptions(window_size=args.window, global_size=args.global_size,
-                            patch_size=args.patch, stages=(1, 2, 3), steps={1: s, 2: s, 3: s},
-                            windows_per_epoch=s, windows_per_step={1: 1, 2: 1, 3: 1}, lr=lr,
-                            **common)
+                            patch_size=args.patch, stages=(1, 2, 3), steps=steps,
+                            windows_per_epoch=max(steps.values()),
+                            windows_per_step={1: 1, 2: 1, 3: 1}, lr=lr, **common)
     first = {1: lr[1]} if lr else {}
     if method == "global only":
         return TrainOptions(window_size=args.window, global_size=args.global_size,
@@ -185,12 +185,21 @@ def method_options(method: str, args: argparse.Namespace, seed: int):
     raise ValueError(method)
 
 
+def glnet_steps(args: argparse.Namespace) -> list[int]:
+    """GLNet's steps per stage: ``--steps`` shared out by ``--glnet-split``."""
+    shares = args.glnet_split
+    steps = [args.steps * w // sum(shares) for w in shares]
+    steps[1] += args.steps - sum(steps)  # rounding goes to the local branch's stage
+    return steps
+
+
 def budget_of(method: str, args: argparse.Namespace) -> dict:
     k = args.patches_per_step
     if method == "GLNet":
-        s = args.steps // 3
-        return {"steps": 3 * s, "steps_per_stage": [s, s, s], "context_windows": 3 * s,
-                "full_res_patches_with_loss": 2 * s * k,
+        s1, s2, s3 = glnet_steps(args)
+        return {"steps": s1 + s2 + s3, "steps_per_stage": [s1, s2, s3],
+                "context_windows": s1 + s2 + s3,
+                "full_res_patches_with_loss": (s2 + s3) * k,
                 "geometry": f"{args.window} / {args.global_size} / {args.patch}"}
     if method == "global only":
         return {"steps": args.steps, "context_windows": args.steps, "full_res_patches_with_loss": 0,
@@ -314,7 +323,11 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 12 steps, a 512 px synthetic scene (numbers meaningless)")
     parser.add_argument("--steps", type=int, default=900,
-                        help="optimiser steps per method (GLNet: a third per stage; default 900)")
+                        help="optimiser steps per method (GLNet: shared out by --glnet-split; "
+                             "default 900)")
+    parser.add_argument("--glnet-split", type=lambda t: [int(v) for v in t.split(",")],
+                        default=[1, 1, 1],
+                        help="GLNet's shares of the steps for stages 1, 2, 3 (default 1,1,1)")
     parser.add_argument("--datasets", default="synthetic,loveda,dubai",
                         help="any of synthetic, loveda, dubai (default all three)")
     parser.add_argument("--methods", default=",".join(METHODS),
@@ -354,8 +367,10 @@ def main() -> int:
         args.steps, args.synth_size, args.feature_size = 12, 512, 96.0
     if args.lr is not None and len(args.lr) not in (1, 3):
         parser.error("--lr takes one learning rate or three (one per GLNet stage)")
-    if args.steps < 3 or args.steps % 3:
-        parser.error("--steps must be a positive multiple of 3 (GLNet runs a third per stage)")
+    if len(args.glnet_split) != 3 or min(args.glnet_split) < 1:
+        parser.error("--glnet-split: three positive whole shares, e.g. 1,4,1")
+    if min(glnet_steps(args)) < 1:
+        parser.error("--steps: too few to give every GLNet stage a step")
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
     if not set(datasets) <= {"synthetic", "loveda", "dubai"}:
         parser.error("--datasets: choose from synthetic, loveda, dubai")
@@ -393,8 +408,8 @@ def main() -> int:
           f"{platform.processor() or platform.machine()})\n")
     rates = ", ".join(f"{v:g}" for v in args.lr) if args.lr else "the preset's defaults"
     k = args.patches_per_step
-    parts = {"GLNet": f"GLNet {args.steps // 3} per stage, {k} patches with a loss per window in "
-                      "stages 2-3",
+    parts = {"GLNet": f"GLNet {' + '.join(map(str, glnet_steps(args)))} for stages 1-3, {k} "
+                      "patches with a loss per window in stages 2-3",
              "global only": "global only one window per step",
              "local only": f"local only {k} windows per step"}
     print(f"Budget: {args.steps} optimiser steps per method, preset {args.preset}, seeds "

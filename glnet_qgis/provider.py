@@ -3,7 +3,7 @@
 import configparser
 import os
 
-from qgis.core import QgsProcessingProvider
+from qgis.core import QgsProcessingModelAlgorithm, QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
 from . import worker
@@ -18,6 +18,8 @@ from .vectorize import VectorizeAlgorithm
 PLUGIN_DIR = os.path.dirname(__file__)
 ICON_PATH = os.path.join(PLUGIN_DIR, "icon.svg")
 METADATA_PATH = os.path.join(PLUGIN_DIR, "metadata.txt")
+# The example Processing models (a link to resources/models in a checkout).
+MODELS_DIR = os.path.join(PLUGIN_DIR, "models")
 ALGORITHMS = (SegmentAlgorithm, TrainAlgorithm, VectorizeAlgorithm, EvaluateAlgorithm,
               ImportOfficialAlgorithm, ModelInfoAlgorithm, SetupEngineAlgorithm)
 
@@ -56,6 +58,8 @@ class GlnetProvider(QgsProcessingProvider):
     def loadAlgorithms(self):
         for cls in ALGORITHMS:
             self.addAlgorithm(cls())
+        for model in example_models():
+            self.addAlgorithm(model)
 
     # The engine writes files itself: GeoTIFF masks and OGR vector files.
     def supportsNonFileBasedOutput(self):
@@ -94,3 +98,15 @@ def _remove_settings():
     except ImportError:
         return
     ProcessingConfig.removeSetting(worker.SETTING)
+
+
+def example_models():
+    """The plugin's example Processing models, in the Toolbox under this provider."""
+    names = sorted(os.listdir(MODELS_DIR)) if os.path.isdir(MODELS_DIR) else []
+    models = []
+    for name in names:
+        if name.endswith(".model3"):
+            model = QgsProcessingModelAlgorithm()
+            if model.fromFile(os.path.join(MODELS_DIR, name)):
+                models.append(model)
+    return models

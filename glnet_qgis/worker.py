@@ -361,6 +361,10 @@ def dialog_terms(text: str) -> str:
     return text
 
 
+# What GDAL's default error handler prints when no Python handler took the message.
+GDAL_LINE = re.compile(r"^(ERROR|Warning) \d+: ")
+
+
 def _stderr_line(log: _Log, line: str, errors: list[str]) -> None:
     text = dialog_terms(line.strip())
     if not text:
@@ -380,6 +384,15 @@ def _stderr_line(log: _Log, line: str, errors: list[str]) -> None:
                     pass
             return
     errors.append(text)
+    if re.match(r"^glnet [\w-]+: (error: |cancelled$)", text):
+        # The run's own verdict: the algorithm raises it (error_message), and
+        # echoing it here too would show the user every error twice.
+        return
+    if GDAL_LINE.match(text):
+        # GDAL's own "ERROR 1: ..." lines: the engine reports the failure they
+        # lead to in its words; the raw line is for debugging.
+        log.call("pushDebugInfo", text)
+        return
     if re.match(r"^(warning|.*\bwarning:)", text, re.IGNORECASE):
         log.warning(text)
     else:

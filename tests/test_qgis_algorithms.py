@@ -55,6 +55,8 @@ ALGORITHMS = {
     "glnet:setupengine": "Set up the GLNet engine",
 }
 MODEL3 = ROOT / "resources" / "models" / "segment_and_vectorize.model3"
+# The example model, loaded by the provider from glnet_qgis/models.
+EXAMPLE_MODEL = "glnet:Segment and vectorize land cover"
 CRS = "EPSG:32633"
 ORIGIN = (500000.0, 5000000.0)
 RES = 0.5
@@ -222,7 +224,8 @@ def assert_fails_with(proc: subprocess.CompletedProcess, message: str) -> None:
 def test_list_shows_the_algorithms(qgis):
     providers = qgis.json("list")["providers"]
     algs = providers["glnet"]["algorithms"]
-    assert {k: v["name"] for k, v in algs.items()} == ALGORITHMS
+    assert {k: v["name"] for k, v in algs.items()} == {
+        **ALGORITHMS, EXAMPLE_MODEL: "Segment and vectorize land cover"}
 
 
 def test_help_documents_every_parameter(qgis):
@@ -255,7 +258,7 @@ def test_help_documents_every_parameter(qgis):
     proc = qgis.pyqgis(HELP_SCRIPT)
     assert proc.returncode == 0, log_of(proc)
     algs = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert set(algs) == set(ALGORITHMS)
+    assert set(algs) == {*ALGORITHMS, EXAMPLE_MODEL}
     for alg, details in algs.items():
         assert details["short"] and len(details["help"]) > 200, alg
         assert details["group"] in ("Land cover", "Models", "Engine"), alg
@@ -465,7 +468,8 @@ def test_batch_dialog_segments_two_scenes(qgis, data, cli_model, cli_masks, tmp_
 def test_model_chains_segment_and_vectorize(qgis, data, cli_model, cli_masks, tmp_path):
     glnet("vectorize", str(cli_masks["a"]), "-o", str(tmp_path / "cli.gpkg"), "--min-area", "10")
     mask, polygons = tmp_path / "mask.tif", tmp_path / "polygons.gpkg"
-    results = qgis.results(str(MODEL3), f"scene={data['a']}", f"model={cli_model}",
+    # The example model as the Toolbox has it (the provider loads the .model3 file).
+    results = qgis.results(EXAMPLE_MODEL, f"scene={data['a']}", f"model={cli_model}",
                            "min_area=10", "threads=1", f"segment:mask={mask}",
                            f"vectorize:polygons={polygons}")
     assert results == {"segment:mask": str(mask), "vectorize:polygons": str(polygons)}
@@ -618,7 +622,7 @@ def zip_qgis(tmp_path_factory) -> Qgis:
 
 def test_zip_plugin_without_an_engine_says_what_to_install(zip_qgis, data, tmp_path):
     algs = zip_qgis.json("list")["providers"]["glnet"]["algorithms"]
-    assert set(algs) == set(ALGORITHMS)
+    assert set(algs) == {*ALGORITHMS, EXAMPLE_MODEL}
     proc = zip_qgis.algorithm("glnet:vectorize", f"INPUT={data['a_labels']}",
                               f"OUTPUT={tmp_path / 'polygons.gpkg'}")
     assert_fails_with(proc, "The GLNet engine was not found.")

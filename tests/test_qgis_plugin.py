@@ -39,7 +39,8 @@ from qgis_support import metadata as _metadata
 
 ALG = "glnet:modelinfo"
 ALGORITHMS = ("glnet:segmentlandcover", "glnet:train", "glnet:vectorize", "glnet:evaluate",
-              "glnet:importofficial", "glnet:modelinfo", "glnet:setupengine")
+              "glnet:importofficial", "glnet:modelinfo", "glnet:setupengine",
+              "glnet:Segment and vectorize land cover")  # the example model
 CLASSES = (("water", (31, 120, 180)), ("forest <wet> & dry", (51, 160, 44)),
            ("built-up", (227, 26, 28)))
 

@@ -55,6 +55,9 @@ class Feedback:
     def pushCommandInfo(self, text):
         self.events.append(("command", text))
 
+    def pushDebugInfo(self, text):
+        self.events.append(("debug", text))
+
     def isCanceled(self):
         progressed = any(kind == "progress" and value > 0 for kind, value in self.events)
         if self.cancel_at is not None and progressed and self.cancelled_at is None:
@@ -79,6 +82,7 @@ case "$command" in
     ;;
   fail)
     echo '{"progress": 0.1}' >&2
+    echo "ERROR 1: $out: TIFFReadDirectory: failed" >&2
     echo "glnet fail: error: $out: not a raster GDAL can read" >&2
     exit 1
     ;;
@@ -122,9 +126,13 @@ def test_progress_messages_and_output_reach_the_feedback(worker, fake_python, tm
 
 
 def test_engine_error_is_its_one_line_message(worker, fake_python, tmp_path):
+    feedback = Feedback()
     with pytest.raises(worker.EngineError) as err:
-        worker.run_engine("fail", ["-o", "scene.tif"], Feedback(), python=fake_python)
+        worker.run_engine("fail", ["-o", "scene.tif"], feedback, python=fake_python)
     assert str(err.value) == "scene.tif: not a raster GDAL can read"
+    # Shown once (QGIS shows the raised error); GDAL's raw line only as debug information.
+    assert [kind for kind, _ in feedback.events] == ["command", "progress", "debug"]
+    assert feedback.of("debug") == ["ERROR 1: scene.tif: TIFFReadDirectory: failed"]
 
 
 def test_cancel_stops_the_engine_which_cleans_up(worker, fake_python, tmp_path):
