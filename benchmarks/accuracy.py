@@ -160,7 +160,8 @@ def method_options(method: str, args: argparse.Namespace, seed: int):
 
     common = dict(preset=args.preset, val_fraction=0.0, seed=seed, threads=args.threads,
                   decoder_lr_factor=args.decoder_lr_factor,
-                  loss=TrainConfig(patches_per_window=args.patches_per_step))
+                  loss=TrainConfig(patches_per_window=args.patches_per_step
+                                   // args.glnet_windows_per_step))
     if args.lr:
         lr = dict(zip((1, 2, 3), args.lr * 3 if len(args.lr) == 1 else args.lr))
     else:  # the training defaults of the preset (pretrained or not)
@@ -169,8 +170,9 @@ def method_options(method: str, args: argparse.Namespace, seed: int):
         steps = dict(zip((1, 2, 3), glnet_steps(args)))
         return TrainOptions(window_size=args.window, global_size=args.global_size,
                             patch_size=args.patch, stages=(1, 2, 3), steps=steps,
-                            windows_per_epoch=max(steps.values()),
-                            windows_per_step={1: 1, 2: 1, 3: 1}, lr=lr, **common)
+                            windows_per_epoch=max(steps.values()) * args.glnet_windows_per_step,
+                            windows_per_step={1: 1, 2: args.glnet_windows_per_step, 3: 1},
+                            lr=lr, **common)
     first = {1: lr[1]} if lr else {}
     if method == "global only":
         return TrainOptions(window_size=args.window, global_size=args.global_size,
@@ -233,7 +235,7 @@ def run_method(dataset: str, method: str, data: dict, args: argparse.Namespace, 
         train_s = time.perf_counter() - t0
         model.with_name(model.name + ".ckpt").unlink(missing_ok=True)
         meta = read_metadata(model)
-        seg = SegmentOptions(threads=args.threads)
+        seg = SegmentOptions(threads=args.threads, precision=args.precision)
         log(f"== {dataset}: {method}: segmenting and scoring")
         t0 = time.perf_counter()
         if dataset == "synthetic":
@@ -337,6 +339,9 @@ def main() -> int:
     parser.add_argument("--patch", type=int, default=128, help="local patch / local-only window (128)")
     parser.add_argument("--patches-per-step", type=int, default=4,
                         help="GLNet patches with a loss per window; local-only windows per step (4)")
+    parser.add_argument("--glnet-windows-per-step", type=int, default=1,
+                        help="GLNet stage 2: context windows per step, sharing the patches "
+                             "with a loss (--patches-per-step / this each; default 1)")
     parser.add_argument("--synth-size", type=int, default=2048, help="synthetic scene side (2048)")
     parser.add_argument("--feature-size", type=float, default=200.0,
                         help="synthetic feature size in px (200)")
@@ -357,6 +362,8 @@ def main() -> int:
     parser.add_argument("--preset", default="lite", help="network preset of every method (lite)")
     parser.add_argument("--seeds", type=lambda t: [int(v) for v in t.split(",")], default=[0, 1],
                         help="training seeds; scores are mean and spread over them (0,1)")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"),
+                        help="precision of the scoring runs (default fp32, the training's)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: on a shared CPU a second thread slows "
                              "small windows down)")

@@ -110,7 +110,7 @@ class SegmentOptions:
             still formed and blended in fp32) or "auto": bf16 where the device
             computes it natively (``glnet.precision``), else fp32. bf16 on a
             device without native support runs emulated, with a warning.
-            Default ``precision.DEFAULT_PRECISION`` (fp32).
+            Default ``precision.DEFAULT_PRECISION`` (auto).
         threads: torch threads (None: torch's default).
         sub_batch: patches per forward pass of the local branch (1 costs no
             speed on a CPU and 60 MB less memory than 2 with the fast preset).

@@ -126,7 +126,7 @@ class SegmentAlgorithm(GlnetAlgorithm):
             self.PRECISION, self.tr("Precision"),
             options=[self.tr("Automatic: bf16 where native, else fp32"), self.tr("fp32"),
                      self.tr("bf16")],
-            defaultValue=PRECISIONS.index("fp32")))  # the engine's DEFAULT_PRECISION
+            defaultValue=PRECISIONS.index("auto")))  # the engine's DEFAULT_PRECISION
 
         self.addParameter(advanced(QgsProcessingParameterNumber(
             self.WINDOW, self.tr("Context window in pixels (empty: the model's)"),

@@ -54,7 +54,7 @@ def test_precision_is_checked_where_it_is_defined(tmp_path, capsys):
     assert str(info.value) == "precision must be one of fp32, bf16, auto, not 'fp16'"
     with pytest.raises(OptionError, match=r"^precision must be one of fp32, bf16, auto, not 'BF16'$"):
         resolve_precision("BF16")
-    assert SegmentOptions().precision == "fp32"
+    assert SegmentOptions().precision == "auto"
     # The command line refuses it in one usage line that names the option and its choices.
     with pytest.raises(SystemExit) as exit_info:
         main(["segment", str(tmp_path / "s.tif"), "-m", str(tmp_path / "m.glnet"),

@@ -500,7 +500,9 @@ def workers():
                 argv = f.read().split(b'\\0')
         except OSError:
             continue
-        if pid.isdigit() and b'glnet.cli' in argv and b'segment' in argv:
+        # This test's workers only: their outputs are in its folder (other tests may run).
+        mine = any(a.startswith(os.path.dirname(output).encode()) for a in argv)
+        if pid.isdigit() and b'glnet.cli' in argv and b'segment' in argv and mine:
             pids.append(int(pid))
     return pids
 
