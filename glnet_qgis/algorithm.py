@@ -185,7 +185,6 @@ class GlnetAlgorithm(QgsProcessingAlgorithm):
             return glnet.modelfile.read_metadata(path)
         except ImportError:
             return None
-        except Exception as exc:  # the engine run says what is wrong with the file
-            feedback.pushDebugInfo(f"model metadata: {exc}")
+        except Exception:  # the engine run says what is wrong with the file, once
             return None
 

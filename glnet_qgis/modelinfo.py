@@ -98,9 +98,13 @@ class ModelInfoAlgorithm(QgsProcessingAlgorithm):
         glnet = import_engine()
         feedback.pushInfo(f"glnet engine: {os.path.dirname(glnet.__file__)}")
         try:
-            meta = glnet.modelfile.read_metadata(path)
+            # The whole file, checksum included (what `glnet info` checks), without torch.
+            meta, _ = glnet.modelfile.check_model_file(path)
         except glnet.errors.GlnetError as err:
             raise QgsProcessingException(str(err)) from None
+        except Exception as err:  # anything else: still one line naming the file
+            raise QgsProcessingException(
+                f"{path}: cannot read this model file ({type(err).__name__}: {err})") from None
 
         results = {
             self.CLASSES: ", ".join(meta.class_names),

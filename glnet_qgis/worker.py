@@ -390,8 +390,7 @@ def _stderr_line(log: _Log, line: str, errors: list[str]) -> None:
         return
     if GDAL_LINE.match(text):
         # GDAL's own "ERROR 1: ..." lines: the engine reports the failure they
-        # lead to in its words; the raw line is for debugging.
-        log.call("pushDebugInfo", text)
+        # lead to in its words (the dialog shows debug lines too, so not even those).
         return
     if re.match(r"^(warning|.*\bwarning:)", text, re.IGNORECASE):
         log.warning(text)

@@ -174,18 +174,31 @@ def test_modelinfo_reads_the_model(dev_qgis, model_file, tmp_path):
         assert f'bgcolor="#{r:02x}{g:02x}{b:02x}"' in page
 
 
-@pytest.mark.parametrize("kind", ["text", "pickle"])
-def test_modelinfo_refuses_other_files(dev_qgis, tmp_path, kind):
+@pytest.mark.parametrize("kind,said", [
+    ("text", "not a GLNet model file"), ("pickle", "not a GLNet model file"),
+    ("deep", "not JSON"), ("truncated", "truncated"), ("corrupted", "checksum")])
+def test_modelinfo_refuses_other_files(dev_qgis, model_file, tmp_path, kind, said):
+    path = tmp_path / "model.glnet"
     if kind == "text":
-        path = tmp_path / "notes.glnet"
         path.write_text("These are notes about a model, not a model.\n", encoding="utf-8")
-    else:
+    elif kind == "pickle":
         path = tmp_path / "weights.pth"
         path.write_bytes(pickle.dumps({"conv1.weight": [0.5] * 64}, protocol=4))
+    elif kind == "deep":  # a 100k-deep JSON header (a RecursionError for a naive reader)
+        text = b"[" * 100_000 + b"]" * 100_000
+        path.write_bytes(len(text).to_bytes(8, "little") + text)
+    else:  # read in QGIS's own process: the tensor data is checked as `glnet info` checks it
+        blob = bytearray(model_file.read_bytes())
+        if kind == "truncated":
+            del blob[-1000:]
+        else:
+            blob[-5000] ^= 0xFF
+        path.write_bytes(bytes(blob))
     proc = modelinfo(dev_qgis, path)
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0, output
-    assert f"{path}: not a GLNet model file" in output
+    assert any(line.startswith(f"{path}: ") and said in line for line in output.splitlines()), \
+        output
     assert "Traceback" not in output
     assert "results" not in proc.stdout
 
