@@ -161,7 +161,9 @@ def method_options(method: str, args: argparse.Namespace, seed: int):
     common = dict(preset=args.preset, val_fraction=0.0, seed=seed, threads=args.threads,
                   decoder_lr_factor=args.decoder_lr_factor,
                   loss=TrainConfig(patches_per_window=args.patches_per_step
-                                   // args.glnet_windows_per_step))
+                                   // args.glnet_windows_per_step,
+                                   **({} if args.coupling_weight is None
+                                      else {"coupling_weight": args.coupling_weight})))
     if args.lr:
         lr = dict(zip((1, 2, 3), args.lr * 3 if len(args.lr) == 1 else args.lr))
     else:  # the training defaults of the preset (pretrained or not)
@@ -342,6 +344,9 @@ def main() -> int:
     parser.add_argument("--glnet-windows-per-step", type=int, default=1,
                         help="GLNet stage 2: context windows per step, sharing the patches "
                              "with a loss (--patches-per-step / this each; default 1)")
+    parser.add_argument("--coupling-weight", type=float, default=None,
+                        help="GLNet stage 2: weight of the weak-coupling MSE (default: the "
+                             "training default)")
     parser.add_argument("--synth-size", type=int, default=2048, help="synthetic scene side (2048)")
     parser.add_argument("--feature-size", type=float, default=200.0,
                         help="synthetic feature size in px (200)")

@@ -519,6 +519,20 @@ def test_cancel_leaves_nothing_and_progress_is_monotonic(trained, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["mask.qml", "mask.tif"]
 
 
+def test_progress_moves_within_a_single_window(model_file, tmp_path):
+    from glnet.modelfile import read_metadata
+
+    side = read_metadata(model_file).net.window_size
+    image, _ = fm.landscape(side, side, seed=9)
+    scene = write_scene(tmp_path / "scene.tif", image)
+    seen = []
+    res = segment(scene, model_file, tmp_path / "mask.tif", OPTS,
+                  progress=lambda f, m=None: seen.append(f))
+    # One window, and progress between its start and its end: per batch of its patches.
+    inside = [f for f in seen if 0 < f < 1]
+    assert res.windows == 1 and len(inside) >= 3 and inside == sorted(inside), seen
+
+
 # -- the command line and QGIS -------------------------------------------------------------
 
 
