@@ -5,7 +5,7 @@ process so that its wall time and peak memory are measured separately; then
 a quicklook picture (image, truth, prediction, legend), a confusion-matrix
 picture, a picture of the mask and polygons over the scene drawn by QGIS's
 own map renderer, and a Markdown report. The first two need matplotlib
-(``pip install glnet-qgis[demo]``); the QGIS picture needs a Python that
+(``pip install matplotlib``, the engine's ``demo`` extra); the QGIS picture needs a Python that
 imports ``qgis`` (``/usr/bin/python3`` with Debian's python3-qgis, or
 ``--qgis-python``) and the repository's ``glnet_qgis/render.py``, run in a
 child process: the engine never imports QGIS. What is missing is noted in the
@@ -151,7 +151,8 @@ def _pictures(out: Path, scene: Path, labels: Path, mask: Path, evaluation: dict
         from matplotlib.colors import ListedColormap
         from matplotlib.patches import Patch
     except ImportError:
-        log("matplotlib is not installed: no pictures (pip install glnet-qgis[demo])")
+        log("matplotlib is not installed: no pictures (pip install matplotlib, the engine's "
+            "'demo' extra)")
         return []
     import numpy as np
     import rasterio

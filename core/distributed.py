@@ -22,7 +22,8 @@ whatever happens, and nothing reaches an output path before the rename.
 Workers must see the scenes, the model and the output folder at the same
 paths as the client (one machine, or a shared file system).
 
-Dask is an optional dependency: ``pip install glnet-qgis[distributed]``.
+Dask is an optional dependency: ``pip install 'dask[distributed]'`` (the engine's
+``distributed`` extra).
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ def _require_dask():
     try:
         import distributed
     except ImportError:
-        raise GlnetError("--scheduler needs Dask: pip install 'glnet-qgis[distributed]'") from None
+        raise GlnetError("--scheduler needs Dask: pip install 'dask[distributed]' (the engine's "
+                         "'distributed' extra)") from None
     return distributed
 
 

