@@ -278,7 +278,9 @@ def worker_env() -> dict[str, str]:
 def _popen_flags() -> dict:
     if os.name == "nt":
         return {"creationflags": getattr(subprocess, "CREATE_NO_WINDOW", 0)}
-    return {}
+    # A process group of its own: cancelling reaches the children too (pip's
+    # build processes, Dask's workers), not only the process we started.
+    return {"start_new_session": True}
 
 
 def command_line(python: str, command: str, args: list[str]) -> list[str]:
@@ -514,7 +516,7 @@ def follow(argv: list[str], log: _Log, on_stdout, on_stderr, what: str) -> tuple
                 _terminate(proc)
             if cancelled_at is not None and not killed and proc.poll() is None \
                     and time.monotonic() - cancelled_at > TERMINATE_GRACE:
-                proc.kill()
+                _kill(proc)
                 killed = True
             if proc.poll() is not None:
                 exited_at = exited_at or time.monotonic()
@@ -523,9 +525,11 @@ def follow(argv: list[str], log: _Log, on_stdout, on_stderr, what: str) -> tuple
                     break
     finally:
         if proc.poll() is None:  # an exception in this loop: never leave the process behind
-            proc.kill()
+            _kill(proc)
             killed = True
         proc.wait()
+        if cancelled_at is not None:
+            _kill(proc)  # children that outlived a cancelled process
         for stream in (proc.stdout, proc.stderr):
             try:
                 stream.close()
@@ -600,11 +604,23 @@ def _main_thread_events():
 
 
 def _terminate(proc) -> None:
+    """SIGTERM to the process and its group (the engine cleans up on it)."""
     try:
         if os.name == "nt":
             proc.terminate()
         else:
-            proc.send_signal(signal.SIGTERM)
+            os.killpg(proc.pid, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+def _kill(proc) -> None:
+    """SIGKILL to the process and whatever is left of its group."""
+    try:
+        if os.name == "nt":
+            proc.kill()
+        else:
+            os.killpg(proc.pid, signal.SIGKILL)
     except OSError:
         pass
 

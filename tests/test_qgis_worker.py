@@ -92,6 +92,12 @@ case "$command" in
     trap 'rm -f "$tmp"; echo "glnet clean: cancelled" >&2; exit 130' TERM
     while true; do echo '{"progress": 0.5}' >&2; sleep 0.1; done
     ;;
+  family)  # a child of its own (as pip's builds, Dask's workers): cancelling stops it too
+    (trap '' TERM; exec sleep 30) &
+    echo $! > "$out.child"
+    trap 'exit 130' TERM
+    while true; do echo '{"progress": 0.5}' >&2; sleep 0.1; done
+    ;;
   stubborn)  # ignores SIGTERM: must be killed, its temporary files removed for it
     tmp="$(dirname "$out")/.$(basename "$out").abcd1234.tag.tif"
     : > "$tmp"; : > "$tmp.aux.xml"
@@ -142,6 +148,26 @@ def test_cancel_stops_the_engine_which_cleans_up(worker, fake_python, tmp_path):
                           python=fake_python)
     assert time.monotonic() - feedback.cancelled_at < 2
     assert list(tmp_path.iterdir()) == [tmp_path / "bin"]
+
+
+def test_cancel_reaches_the_workers_children(worker, fake_python, tmp_path, monkeypatch):
+    monkeypatch.setattr(worker, "TERMINATE_GRACE", 0.5)
+    out = tmp_path / "mask.tif"
+    with pytest.raises(worker.EngineCancelled):
+        worker.run_engine("family", ["-o", str(out)], Feedback(cancel_at=0), outputs=[out],
+                          python=fake_python)
+    child = int(Path(f"{out}.child").read_text())
+    deadline = time.monotonic() + 5
+    while os.path.exists(f"/proc/{child}") and time.monotonic() < deadline:
+        time.sleep(0.05)  # killed, waiting to be reaped by init
+        try:
+            state = Path(f"/proc/{child}/stat").read_text().split()[2]
+        except OSError:
+            break
+        if state == "Z":
+            break
+    else:
+        assert not os.path.exists(f"/proc/{child}"), "the child outlived the cancel"
 
 
 def test_a_worker_ignoring_sigterm_is_killed_and_its_files_removed(worker, fake_python,
