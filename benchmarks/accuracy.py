@@ -14,15 +14,15 @@ All three are one preset's network (``--preset``, default ``lite``: EfficientNet
 trunks from ImageNet weights, FPN 64 / 16, 1x1 fusion), trained with
 ``glnet.train.train`` (Adam, poly schedule over each stage, focal loss, flips
 and rotations) with the training defaults (every stage at 1e-4, decoders at 10x
-with pretrained trunks; pretrained trunks keep their BatchNorm statistics; ``--lr`` and
-``--decoder-lr-factor`` override), seeded, without validation (the whole training area is used for
+with pretrained trunks, no weak coupling with pretrained trunks; pretrained trunks keep their
+BatchNorm statistics; ``--lr``, ``--decoder-lr-factor`` and ``--coupling-weight`` override), seeded, without validation (the whole training area is used for
 training and the model after the last step is scored), once per seed of
 ``--seeds``; tables give the mean and the spread (half the range) over seeds.
 ``--preset fast`` runs the ResNet-18 network from scratch (the first round's
 benchmark).
 
 GLNet
-    the three stages, an equal number of optimiser steps each; context
+    the three stages, 100 + 700 + 100 optimiser steps (``--glnet-split``); context
     window ``--window`` (416 px) seen by the global branch at ``--global-size``
     (128 px, 3.25x downsampled), local patches of ``--patch`` (128 px, a 4 x 4
     grid over the window), 4 random patches per window carrying the loss in
@@ -40,7 +40,8 @@ local only
 Budget
 ------
 ``--steps`` optimiser steps per method (default 900), independent of machine
-load: GLNet 300 + 300 + 300 (``--glnet-split``: other shares), the baselines 900 each. A step sees one context
+load: GLNet 100 + 700 + 100 (``--glnet-split``: other shares; the local branch, which only
+stage 2 trains, needs the most), the baselines 900 each. A step sees one context
 window (GLNet stage 1, global only), one context window with 4 patches
 carrying the loss (GLNet stages 2 and 3; all 16 patches run forward in stage
 3), or 4 patch-sized windows (local only). The geometry is the ``fast``
@@ -330,8 +331,9 @@ def main() -> int:
                         help="optimiser steps per method (GLNet: shared out by --glnet-split; "
                              "default 900)")
     parser.add_argument("--glnet-split", type=lambda t: [int(v) for v in t.split(",")],
-                        default=[1, 1, 1],
-                        help="GLNet's shares of the steps for stages 1, 2, 3 (default 1,1,1)")
+                        default=[1, 7, 1],
+                        help="GLNet's shares of the steps for stages 1, 2, 3 (default 1,7,1, "
+                             "the demo's split)")
     parser.add_argument("--datasets", default="synthetic,loveda,dubai",
                         help="any of synthetic, loveda, dubai (default all three)")
     parser.add_argument("--methods", default=",".join(METHODS),

@@ -91,6 +91,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--decoder-lr-factor", type=float,
                    help="learning rate of the decoders relative to the trunks' (default: 10 with "
                         "pretrained trunks, else 1)")
+    p.add_argument("--coupling-weight", type=float,
+                   help="weight of stage 2's weak coupling of the local to the global branch "
+                        "(default: 0 with pretrained trunks, else the released 0.15)")
     p.add_argument("--windows-per-epoch", type=int, help="training windows per epoch")
     p.add_argument("--patches-per-window", type=int,
                    help="patches with a loss per window in stages 2 and 3 (default: all)")
@@ -378,7 +381,7 @@ def _train(args: argparse.Namespace) -> int:
         patch_size=args.patch, global_size=args.global_size, stages=stages,
         epochs=per_stage["epochs"], lr=per_stage["lr"], steps=per_stage["steps"],
         pretrained=False if args.no_pretrained else None, windows_per_epoch=args.windows_per_epoch,
-        decoder_lr_factor=args.decoder_lr_factor,
+        decoder_lr_factor=args.decoder_lr_factor, coupling_weight=args.coupling_weight,
         max_minutes=args.max_minutes, val_fraction=args.val_fraction, balance=args.balance,
         seed=args.seed, backbone_weights=str(args.backbone_weights) if args.backbone_weights else None,
         threads=args.threads, device=args.device, loss=TrainConfig(patches_per_window=args.patches_per_window))

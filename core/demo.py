@@ -38,8 +38,11 @@ class DemoOptions:
 
     Training is budgeted in optimiser steps per stage, so a slow or busy
     machine trains the same model; ``train_minutes`` is only a cap (None: none).
-    ``windows_per_epoch`` covers stage 1's steps (2 windows each), so that
-    each stage is one epoch with one validation.
+    Most steps go to stage 2, the local branch (benchmarks/accuracy.py,
+    synthetic scene, seed 0: 150+600+150 steps mIoU 0.837 and road IoU 0.37,
+    against 0.785 and 0.19 for 300+300+300).
+    ``windows_per_epoch`` covers stage 2's steps (one window each; stage 1
+    takes 2), so that each stage is one epoch with one validation.
     """
 
     size: int = 4000
@@ -49,8 +52,8 @@ class DemoOptions:
     patch: int = 256
     seed: int = 1
     preset: str = "lite"
-    steps: tuple[int, int, int] = (200, 150, 100)
-    windows_per_epoch: int = 400
+    steps: tuple[int, int, int] = (100, 600, 100)
+    windows_per_epoch: int = 600
     train_minutes: float | None = None
     patches_per_window: int = 4
     min_pixels: int = 16

