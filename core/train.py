@@ -164,7 +164,8 @@ def _check_options(o: TrainOptions) -> None:
     positive("max minutes", o.max_minutes)
     positive("decoder learning-rate factor", o.decoder_lr_factor)
     if o.coupling_weight is not None and not (isinstance(o.coupling_weight, (int, float))
-                                              and 0 <= o.coupling_weight < float("inf")):
+                                              and math.isfinite(o.coupling_weight)
+                                              and o.coupling_weight >= 0):
         raise OptionError(f"coupling weight must be 0 or more, got {o.coupling_weight!r}")
     if not (isinstance(o.val_fraction, (int, float)) and 0 <= o.val_fraction < 1):
         raise OptionError(f"validation fraction must be at least 0 and below 1, "
@@ -200,11 +201,16 @@ def uses_packaged_weights(options: TrainOptions) -> bool:
 PRETRAINED_DECODER_LR_FACTOR = 10.0
 
 
-def decoder_lr_factor(options: TrainOptions) -> float:
-    """The decoders' learning rate relative to the trunks' for this run."""
+def decoder_lr_factor(options: TrainOptions, pretrained: bool | None = None) -> float:
+    """The decoders' learning rate relative to the trunks' for this run.
+
+    ``pretrained``: whether the trunks are (None: decided from ``options``).
+    """
     if options.decoder_lr_factor is not None:
         return options.decoder_lr_factor
-    return PRETRAINED_DECODER_LR_FACTOR if is_pretrained(options) else options.loss.decoder_lr_factor
+    if pretrained is None:
+        pretrained = is_pretrained(options)
+    return PRETRAINED_DECODER_LR_FACTOR if pretrained else options.loss.decoder_lr_factor
 
 
 # The weak coupling pulls the local branch towards the global one; from
@@ -214,11 +220,13 @@ def decoder_lr_factor(options: TrainOptions) -> float:
 PRETRAINED_COUPLING_WEIGHT = 0.0
 
 
-def coupling_weight(options: TrainOptions) -> float:
-    """The weak-coupling weight of stage 2 for this run."""
+def coupling_weight(options: TrainOptions, pretrained: bool | None = None) -> float:
+    """The weak-coupling weight of stage 2 for this run (``pretrained`` as above)."""
     if options.coupling_weight is not None:
         return options.coupling_weight
-    return PRETRAINED_COUPLING_WEIGHT if is_pretrained(options) else options.loss.coupling_weight
+    if pretrained is None:
+        pretrained = is_pretrained(options)
+    return PRETRAINED_COUPLING_WEIGHT if pretrained else options.loss.coupling_weight
 
 
 def is_pretrained(options: TrainOptions) -> bool:
@@ -468,6 +476,9 @@ def _train(scenes, classes, output, options: TrainOptions, resume: bool, log, pr
     model.to(device)
 
     stages = tuple(options.stages)
+    # The losses' settings that follow from the trunks, decided once for all stages.
+    loss = replace(options.loss, decoder_lr_factor=decoder_lr_factor(options, pretrained),
+                   coupling_weight=coupling_weight(options, pretrained))
     history: list[dict] = []
     best = {"miou": -1.0, "stage": None}
     done: tuple[int, ...] = ()
@@ -508,15 +519,13 @@ def _train(scenes, classes, output, options: TrainOptions, resume: bool, log, pr
 
     for si in range(pos["stage_index"], len(stages)):
         stage = stages[si]
-        cfg = options.loss
+        cfg = loss
         stage_cfg = cfg.stages.get(stage, StageConfig(epochs=10, lr=1e-4))
         steps_per_epoch, total_steps = stage_steps(stage)
         epochs = math.ceil(total_steps / steps_per_epoch)
         default_lr = options.stage_lr or stage_cfg.lr
         lr = options.lr.get(stage, default_lr)
-        cfg = replace(cfg, stages={**cfg.stages, stage: StageConfig(epochs=epochs, lr=lr)},
-                      decoder_lr_factor=decoder_lr_factor(options),
-                      coupling_weight=coupling_weight(options))
+        cfg = replace(cfg, stages={**cfg.stages, stage: StageConfig(epochs=epochs, lr=lr)})
         model.set_stage(stage)
         ranks.broadcast_state(model)
         optimizer = make_optimizer(model, stage, cfg)
