@@ -383,6 +383,8 @@ def main() -> int:
         parser.error("--lr takes one learning rate or three (one per GLNet stage)")
     if len(args.glnet_split) != 3 or min(args.glnet_split) < 1:
         parser.error("--glnet-split: three positive whole shares, e.g. 1,4,1")
+    if args.glnet_windows_per_step < 1 or args.patches_per_step % args.glnet_windows_per_step:
+        parser.error("--glnet-windows-per-step: a positive divisor of --patches-per-step")
     if min(glnet_steps(args)) < 1:
         parser.error("--steps: too few to give every GLNet stage a step")
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]

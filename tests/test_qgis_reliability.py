@@ -11,9 +11,7 @@ covered in test_qgis_plugin.py.
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
-import time
 
 import numpy as np
 import pytest
@@ -21,7 +19,6 @@ import rasterio
 from qgis_support import Qgis, checkout_qgis
 
 from glnet.cli import main
-from glnet.files import work_folder
 
 pytestmark = pytest.mark.qgis
 
@@ -81,7 +78,7 @@ def test_segment_refuses_a_corrupted_model_in_one_line(qgis, scene, tmp_path):
 
 def test_resume_continues_a_killed_run_with_the_same_mask(qgis, tmp_path):
     import fixtures_models as fm
-    from test_segment_resume import SIZE, _cli, _model
+    from test_segment_resume import SIZE, _cli, _model, kill_after_first_strip
 
     image, _ = fm.landscape(SIZE, SIZE, seed=4)
     scene = tmp_path / "scene.tif"
@@ -97,19 +94,8 @@ def test_resume_continues_a_killed_run_with_the_same_mask(qgis, tmp_path):
 
     out = tmp_path / "out" / "mask.tif"
     out.parent.mkdir()
-    folder = work_folder(out)
-    proc = subprocess.Popen(_cli(str(scene), "-m", str(model), "-o", str(out), "--precision",
-                                 "fp32"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 120
-        while not list(folder.glob("strip-*.json")):
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait(timeout=30)
-    done = len(list(folder.glob("strip-*.json")))
+    done = kill_after_first_strip(_cli(str(scene), "-m", str(model), "-o", str(out),
+                                       "--precision", "fp32"), out)
     assert 1 <= done < 4 and not out.exists()
 
     proc = qgis.algorithm("glnet:segmentlandcover", f"INPUT={scene}", f"MODEL={model}",

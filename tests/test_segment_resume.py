@@ -50,6 +50,23 @@ def _cli(*args: str) -> list[str]:
             "--threads", "1"]
 
 
+def kill_after_first_strip(argv: list[str], out: Path) -> int:
+    """Run ``argv`` (a segment to ``out``), SIGKILL it once a strip is done; the strips done."""
+    folder = work_folder(out)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(folder.glob("strip-*.json")):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    done = len(list(folder.glob("strip-*.json")))
+    return done
+
+
 def _read(path: Path):
     with rasterio.open(path) as ds:
         return ds.read(), ds.profile, ds.tags(1)
@@ -63,18 +80,7 @@ def test_killed_run_resumes_with_the_same_mask(setup, tmp_path):
     out = tmp_path / "mask.tif"
     folder = work_folder(out)
 
-    proc = subprocess.Popen(_cli(str(scene), "-m", str(model), "-o", str(out)),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 120
-        while not list(folder.glob("strip-*.json")):
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait(timeout=30)
-    done = len(list(folder.glob("strip-*.json")))
+    done = kill_after_first_strip(_cli(str(scene), "-m", str(model), "-o", str(out)), out)
     assert 1 <= done < 4 and not out.exists()
 
     # A different model is refused in one line, and the finished strips are kept.
