@@ -31,9 +31,11 @@ Baseline
     global_backbone + global_decoder without context) at full resolution on
     non-overlapping ``patch_size`` tiles that cover the same window (edge tiles
     are smaller), in sub-batches of ``--sub-batch`` tiles like the local branch,
-    logits bilinearly upsampled to the tile and softmax (the post-processing
-    ``predict_window`` does), in the model's memory format (channels_last when
-    the preset uses it). Same process, same run, same threads.
+    logits bilinearly upsampled to the tile and soft-maxed in fp32 (the
+    post-processing ``predict_window`` does), in the model's memory format
+    (channels_last when the preset uses it): ``SingleBranchFPN`` of
+    ``benchmarks/peer.py``, the peer ``scene_scale.py`` runs over whole scenes.
+    Same process, same run, same threads.
 Timing
     ``torch.set_num_threads(--threads)`` (2 by default), ``torch.inference_mode()``,
     one warm-up run of every case, then ``--repeats`` rounds that each run
@@ -68,7 +70,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
+from peer import SingleBranchFPN
 
 from glnet.config import PRESETS, preset
 from glnet.glnet import GLNet
@@ -99,14 +101,14 @@ class Case:
         self.cores.append((time.process_time() - cpu0) / wall)
 
 
-def baseline_window(model: GLNet, window: torch.Tensor, sub_batch: int) -> torch.Tensor:
+def baseline_window(net: SingleBranchFPN, window: torch.Tensor, sub_batch: int) -> torch.Tensor:
     """Single-branch ResNet-FPN probabilities ``(C, H, W)`` on non-overlapping tiles.
 
     Tiles of ``patch_size`` (smaller at the window's far edges) go through the
     global branch's plain path at full resolution, ``sub_batch`` tiles of one
     shape per pass; logits are upsampled to the tile and soft-maxed.
     """
-    cfg = model.cfg
+    cfg = net.cfg
     H, W = window.shape[-2:]
     p = cfg.patch_size
     by_shape: dict[tuple[int, int], list[tuple[int, int]]] = {}
@@ -118,10 +120,7 @@ def baseline_window(model: GLNet, window: torch.Tensor, sub_batch: int) -> torch
         for start in range(0, len(tiles), sub_batch):
             part = tiles[start:start + sub_batch]
             crops = [window[0, :, t:t + h, left:left + w] for t, left in part]
-            x = model.prepare(torch.stack(crops))
-            logits = model.global_pyramid(x).logits
-            probs = F.interpolate(logits, size=(h, w), mode="bilinear",
-                                  align_corners=False).softmax(1)
+            probs = net(torch.stack(crops))
             for prob, (t, left) in zip(probs, part):
                 out[:, t:t + h, left:left + w] = prob
     return out
@@ -160,7 +159,8 @@ def measure_preset(name: str, window_size: int | None, args: argparse.Namespace
     gh, gw = model.global_shape(size, size)
     sb = args.sub_batch
 
-    cases = [Case("baseline: single-branch ResNet-FPN", lambda: baseline_window(model, window, sb))]
+    peer = SingleBranchFPN(model)  # the same modules as the GLNet's global branch
+    cases = [Case("baseline: single-branch ResNet-FPN", lambda: baseline_window(peer, window, sb))]
     for mode, label in ((1, "global only"), (2, "global→local"), (3, "full")):
         cases.append(Case(f"GLNet mode {mode} ({label})",
                           lambda m=mode: predict_window(model, window, mode=m, sub_batch=sb)))
