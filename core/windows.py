@@ -187,11 +187,6 @@ class WindowGrid:
                 yield Window(n, r, c, top, left, self.rows.length, self.cols.length)
                 n += 1
 
-    @property
-    def processed_pixels(self) -> int:
-        """Pixels read and predicted, overlaps counted as often as they are seen."""
-        return len(self) * self.rows.length * self.cols.length
-
     def weights(self, w: Window) -> tuple[np.ndarray, np.ndarray]:
         """Row and column blending weights over the whole window (separable)."""
         return (self.rows.weight(w.row, w.top, w.top + w.height),
