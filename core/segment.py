@@ -770,6 +770,8 @@ def _segment_in(job: SegmentJob, model, model_path: Path | None, folder: Path,
                 cut: list[Strip], done: dict[int, StripResult], report: _Progress
                 ) -> SegmentResult:
     """``segment`` holding the output's work folder ``folder``."""
+    from .tensors import torch_threads
+
     opts = job.opts
     start = next((s.index for s in cut if s.index not in done), len(cut))
     if opts.resume and done:
@@ -779,7 +781,7 @@ def _segment_in(job: SegmentJob, model, model_path: Path | None, folder: Path,
     def run(job: SegmentJob, work: WorkFiles, report) -> list[StripResult]:
         share = 0.8 if job.resampled else 0.9
         if len(cut) == 1:
-            with _threads(opts.threads):
+            with torch_threads(opts.threads):
                 return [run_strip(job, net, cut[0], work.mask, work.probabilities,
                                   lambda f: report(share * f))]
         reused = [done[s.index] for s in cut[:start]]
@@ -788,7 +790,7 @@ def _segment_in(job: SegmentJob, model, model_path: Path | None, folder: Path,
         base = share * (1 - left / total)
         new = []
         if start < len(cut):
-            with _threads(opts.threads):
+            with torch_threads(opts.threads):
                 new = run_parts(job, net, cut, start, folder,
                                 lambda f: report(base + (share - base) * f))
         report(share, "assembling the strips")
@@ -898,21 +900,6 @@ def _load(model, model_path: Path | None, opts: SegmentOptions):
 
             net = copy.deepcopy(net).to(target).eval()
     return net, meta
-
-
-@contextmanager
-def _threads(n: int | None):
-    import torch
-
-    if n is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _open_source(job: SegmentJob):
