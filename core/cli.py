@@ -21,9 +21,6 @@ from .errors import GlnetError
 from .files import check_output_path
 from .precision import DEFAULT_PRECISION, PRECISIONS
 
-# Commands that later releases fill in, with the issue that brings them.
-PLANNED: dict[str, str] = {}
-
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -35,13 +32,23 @@ def _parser() -> argparse.ArgumentParser:
                         help="how to show progress on stderr: a bar on a terminal (auto), "
                              "JSON lines for a controlling process, or nothing")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in (_add_info, _add_import_official, _add_train, _add_synth, _add_evaluate,
+                _add_segment, _add_vectorize):
+        add(sub)
+    return parser
 
+
+def _add_info(sub) -> None:
+    """The arguments of ``glnet info MODEL``."""
     p = sub.add_parser("info", help="print a model file's metadata",
                        description="Print a model file's metadata (classes, bands, sizes, stages).")
     p.add_argument("model", type=Path, help="model file")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(run=_info)
 
+
+def _add_import_official(sub) -> None:
+    """The arguments of ``glnet import-official G.pth G2L.pth [L2G.pth] -o MODEL``."""
     p = sub.add_parser(
         "import-official", help="convert the released GLNet DeepGlobe checkpoints",
         description="Convert the released GLNet checkpoints (G.pth after stage 1, G2L.pth after "
@@ -54,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(run=_import_official)
 
+
+def _add_train(sub) -> None:
+    """The arguments of ``glnet train``."""
     p = sub.add_parser(
         "train", help="train GLNet on rasters with raster or vector labels",
         description="Train GLNet in three stages (global; global to local; local to global) on "
@@ -112,6 +122,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=_train)
 
+
+def _add_synth(sub) -> None:
+    """The arguments of ``glnet synth OUT_DIR``."""
     p = sub.add_parser(
         "synth", help="a georeferenced synthetic landscape for tests and demos",
         description="Write a synthetic landscape to OUT_DIR: scene.tif (the image), labels.tif "
@@ -134,6 +147,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(run=_synth)
 
+
+def _add_evaluate(sub) -> None:
+    """The arguments of ``glnet evaluate``."""
     p = sub.add_parser(
         "evaluate", help="score a prediction, or a model, against reference labels",
         description="Score a class raster PRED against REF: a class raster (warped onto PRED's "
@@ -171,6 +187,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.set_defaults(run=_evaluate, usage_error=p.error)
 
+
+def _add_segment(sub) -> None:
+    """The arguments of ``glnet segment``."""
     p = sub.add_parser(
         "segment", help="segment a scene of any size into a land-cover mask",
         description="Segment SCENE with a GLNet model into a land-cover mask: a Cloud Optimized "
@@ -239,6 +258,9 @@ def _parser() -> argparse.ArgumentParser:
                         "killed run left beside the output is removed")
     p.set_defaults(run=_segment)
 
+
+def _add_vectorize(sub) -> None:
+    """The arguments of ``glnet vectorize``."""
     p = sub.add_parser(
         "vectorize", help="turn a land-cover mask into polygons",
         description="Turn a class raster (the mask of glnet segment, or any single-band integer "
@@ -269,13 +291,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", help="layer name (default: the output file's name)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.set_defaults(run=_vectorize)
-
-    for name, text in PLANNED.items():
-        p = sub.add_parser(name, help=f"{text} (not in this version yet)",
-                           description=f"{text[0].upper()}{text[1:]}. Not in this version yet.")
-        p.add_argument("args", nargs=argparse.REMAINDER)
-        p.set_defaults(run=_planned)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -627,10 +642,6 @@ def _vectorize(args: argparse.Namespace) -> int:
             report.close()
     print(summary(result))
     return 0
-
-
-def _planned(args: argparse.Namespace) -> int:
-    raise GlnetError(f"'glnet {args.command}' is not available in glnet {__version__} yet")
 
 
 def _info(args: argparse.Namespace) -> int:
