@@ -18,14 +18,14 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from . import parallel
-from .config import DEFAULT_PRESET, StageConfig, TrainConfig, preset
+from .config import MIN_SIZE, StageConfig, TrainOptions, preset
 from .datasets import Rect, TrainingScene, WindowSampler, augment, split_regions, tile_rect
 from .errors import GlnetError, OptionError
 from .files import atomic_output
@@ -40,136 +40,6 @@ from .tensors import BandStatistics, check_device, to_tensor
 CHECKPOINT_FORMAT = "glnet-qgis-checkpoint"
 # Share of the time budget each stage gets; time a stage leaves over goes on.
 BUDGET_SHARE = {1: 0.35, 2: 0.40, 3: 0.25}
-
-
-@dataclass(frozen=True)
-class TrainOptions:
-    """Everything ``train`` needs besides the data; defaults in one place.
-
-    Attributes:
-        preset: network preset (``config.PRESETS``).
-        window_size, patch_size, global_size: override the preset's geometry
-            (pixels). ``window_metres`` sets the window through the first
-            scene's resolution instead.
-        stages: which stages to run, in order.
-        epochs, lr: per-stage overrides of ``loss.stages``.
-        stage_lr: the learning rate of every stage not given in ``lr``. The
-            released per-stage rates (``loss``: 1e-4, 2e-5, 5e-5) fine-tune
-            branches over thousands of steps; in the hundreds of steps of a CPU
-            budget the stage-2 rate leaves the local decoder and the
-            aggregation conv (randomly initialised, pretrained trunks or not)
-            almost untrained: from scratch (``benchmarks/accuracy.py``) and
-            with pretrained trunks alike (demo scene, stage 2 at 2e-5 after a
-            stage 1 at 0.676: validation mIoU 0.198). None keeps the released
-            rates.
-        windows_per_step: windows per optimiser step, per stage.
-        windows_per_epoch: training windows per epoch (default: enough to cover
-            the training area once).
-        max_minutes: time budget for the whole run.
-        val_fraction: right-hand share of each scene held out for validation.
-        balance: favour windows with rare classes.
-        seed: makes runs repeatable.
-        backbone_weights: local torchvision ResNet ImageNet weights for both branches.
-        pretrained: start both trunks from the ImageNet weights of an installed
-            package (EfficientNet-Lite0, the ``lite`` preset). None: whenever
-            the preset's trunk has such weights and ``backbone_weights`` is not
-            given.
-        freeze_bn: keep the pretrained trunks' BatchNorm statistics as they
-            came (their scale and shift still train). A batch of one window in
-            stage 1 gives statistics of one image; frozen ImageNet statistics do
-            not depend on the batch. None: whenever the trunks are pretrained.
-        steps: per-stage number of optimiser steps; replaces ``epochs`` for
-            that stage (the last epoch is cut short). A budget in steps gives
-            the same model on a slow or busy machine; ``max_minutes`` stays a cap.
-        decoder_lr_factor: learning rate of the decoders and the aggregation
-            conv relative to the trunks'. None: ``PRETRAINED_DECODER_LR_FACTOR``
-            when the trunks are pretrained (the randomly initialised parts
-            need larger steps than the pretrained ones may take), else
-            ``loss.decoder_lr_factor``.
-        coupling_weight: weight of the weak-coupling MSE in stage 2. None:
-            ``PRETRAINED_COUPLING_WEIGHT`` when the trunks are pretrained, else
-            ``loss.coupling_weight`` (the released 0.15).
-        threads: torch CPU threads (default: torch's choice).
-        device: ``cpu`` or ``cuda[:n]``; the model file is written the same either way.
-        prefetch: make the next batch of windows on a thread during each step
-            (same windows, same model). None: only on a GPU, where the step
-            leaves the CPU idle; on 2 CPU cores the reader competes with torch's
-            threads (``benchmarks/train_speed.py``: 0.91-1.01x on the CPU,
-            1.22x on an H200).
-        stats_windows: windows sampled to compute the band statistics.
-        loss: losses, optimiser and per-stage defaults.
-    """
-
-    preset: str = DEFAULT_PRESET
-    window_size: int | None = None
-    window_metres: float | None = None
-    patch_size: int | None = None
-    global_size: int | None = None
-    stages: tuple[int, ...] = (1, 2, 3)
-    epochs: dict[int, int] = field(default_factory=dict)
-    lr: dict[int, float] = field(default_factory=dict)
-    stage_lr: float | None = 1e-4
-    windows_per_step: dict[int, int] = field(default_factory=lambda: {1: 2, 2: 1, 3: 1})
-    windows_per_epoch: int | None = None
-    max_minutes: float | None = None
-    val_fraction: float = 0.2
-    balance: bool = False
-    seed: int = 0
-    backbone_weights: str | None = None
-    pretrained: bool | None = None
-    freeze_bn: bool | None = None
-    steps: dict[int, int] = field(default_factory=dict)
-    decoder_lr_factor: float | None = None
-    coupling_weight: float | None = None
-    threads: int | None = None
-    device: str = "cpu"
-    prefetch: bool | None = None
-    stats_windows: int = 16
-    loss: TrainConfig = field(default_factory=TrainConfig)
-
-    def __post_init__(self) -> None:
-        _check_options(self)
-
-
-# Below this a ResNet trunk (stride 32) has no feature map left to segment.
-MIN_SIZE = 32
-
-
-def _check_options(o: TrainOptions) -> None:
-    """Raise ``OptionError`` naming the first setting outside what it may be."""
-    def whole(name: str, value, low: int) -> None:
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool)
-                                  or value < low):
-            raise OptionError(f"{name} must be an integer of at least {low}, got {value!r}")
-
-    def positive(name: str, value) -> None:
-        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)
-                                      and value > 0):
-            raise OptionError(f"{name} must be a positive number, got {value!r}")
-
-    for name in ("window_size", "patch_size", "global_size"):
-        whole(name.replace("_", " "), getattr(o, name), MIN_SIZE)
-    if o.patch_size and o.window_size and o.patch_size > o.window_size:
-        raise OptionError(f"patch size {o.patch_size} is larger than the window {o.window_size}")
-    for stage, epochs in o.epochs.items():
-        whole(f"epochs of stage {stage}", epochs, 1)
-    for stage, steps in o.steps.items():
-        whole(f"steps of stage {stage}", steps, 1)
-    for stage, lr in o.lr.items():
-        positive(f"learning rate of stage {stage}", lr)
-    for name in ("windows_per_epoch", "threads", "stats_windows"):
-        whole(name.replace("_", " "), getattr(o, name), 1)
-    whole("patches per window", o.loss.patches_per_window, 1)
-    positive("window metres", o.window_metres)
-    positive("max minutes", o.max_minutes)
-    positive("decoder learning-rate factor", o.decoder_lr_factor)
-    if o.coupling_weight is not None and not (isinstance(o.coupling_weight, (int, float))
-                                              and math.isfinite(o.coupling_weight)
-                                              and o.coupling_weight >= 0):
-        raise OptionError(f"coupling weight must be 0 or more, got {o.coupling_weight!r}")
-    if not (isinstance(o.val_fraction, (int, float)) and 0 <= o.val_fraction < 1):
-        raise OptionError(f"validation fraction must be at least 0 and below 1, "
-                          f"got {o.val_fraction!r}")
 
 
 @dataclass
@@ -243,7 +113,7 @@ def build_meta(scenes: Sequence[TrainingScene], classes: Sequence[ClassInfo], op
     if options.window_metres is not None:
         if first.resolution is None:
             raise GlnetError(f"{first.path}: no projected CRS, so the window cannot be given in metres")
-        window = max(32, round(options.window_metres / first.resolution))
+        window = max(MIN_SIZE, round(options.window_metres / first.resolution))
     if window is not None:
         overrides["window_size"] = window
     win = overrides.get("window_size", base.window_size)
@@ -402,7 +272,7 @@ def checkpoint_path(output: str | Path) -> Path:
 
 
 def train(scenes: Sequence[TrainingScene], classes: Sequence[ClassInfo], output: str | Path,
-          options: TrainOptions = TrainOptions(), resume: bool = False,
+          options: TrainOptions | None = None, resume: bool = False,
           log: Callable[[str], None] = print,
           progress: Callable[[float], None] | None = None) -> TrainResult:
     """Train a GLNet on ``scenes`` and write the best model to ``output``.
@@ -410,6 +280,7 @@ def train(scenes: Sequence[TrainingScene], classes: Sequence[ClassInfo], output:
     ``log`` receives one line per epoch; ``progress`` the fraction of all
     planned steps done (called after every step; it may raise to cancel).
     """
+    options = options or TrainOptions()
     ranks = parallel.from_env()
     try:
         return _train(scenes, classes, output, options, resume, log, progress, ranks)
