@@ -12,7 +12,9 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from . import __version__
@@ -311,18 +313,42 @@ def _add_vectorize(sub) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if not args.debug:
-        # GDAL's messages reach Python's last-resort log handler as bare lines
-        # (a full disk gives dozens of "_tiffWriteProc: ..."); the error they
-        # end in is reported once, below.
-        for name in ("rasterio", "fiona"):
-            logging.getLogger(name).addHandler(logging.NullHandler())
-        _one_line_warnings(args.command)
-    # A controlling process (the QGIS plugin) stops us with SIGTERM: unwind like
-    # Ctrl+C so that temporary outputs are removed.
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    args = _parser().parse_args(argv)
+    with _command_settings(args):
+        return _run(args)
+
+
+@contextmanager
+def _command_settings(args: argparse.Namespace) -> Iterator[None]:
+    """The process-wide settings a command runs with, put back when it returns.
+
+    A process that calls ``main`` (the tests, a script) keeps its own
+    warnings, log handlers and SIGTERM handler.
+    """
+    handlers = []
+    with warnings.catch_warnings():
+        if not args.debug:
+            # GDAL's messages reach Python's last-resort log handler as bare lines
+            # (a full disk gives dozens of "_tiffWriteProc: ..."); the error they
+            # end in is reported once, by _run.
+            for name in ("rasterio", "fiona"):
+                handler = logging.NullHandler()
+                logging.getLogger(name).addHandler(handler)
+                handlers.append((name, handler))
+            _one_line_warnings(args.command)
+        # A controlling process (the QGIS plugin) stops us with SIGTERM: unwind like
+        # Ctrl+C so that temporary outputs are removed.
+        previous = signal.signal(signal.SIGTERM, _terminate)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            for name, handler in handlers:
+                logging.getLogger(name).removeHandler(handler)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the command; errors become one line on stderr and an exit status."""
     try:
         return args.run(args) or 0
     except GlnetError as exc:
@@ -356,8 +382,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"glnet {args.command}: internal error: {text} (run with --debug for the "
               "traceback)", file=sys.stderr)
         return 1
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _destination(args: argparse.Namespace) -> Path | str:
@@ -534,9 +558,8 @@ def _one_line_warnings(command: str) -> None:
 
     rasterio's NotGeoreferencedWarning is dropped: segment and vectorize say
     themselves, once, what a raster without georeferencing means for the output.
+    Call it inside ``warnings.catch_warnings()`` (``_command_settings``).
     """
-    import warnings
-
     warnings.filterwarnings("ignore", message=r"(Dataset has no geotransform|The given matrix "
                                               r"is equal to Affine\.identity)")
 
@@ -650,8 +673,6 @@ def _segment(args: argparse.Namespace) -> int:
 
 
 def _vectorize(args: argparse.Namespace) -> int:
-    import warnings
-
     from .polygons import summary, vectorize
 
     options = VectorizeOptions(
