@@ -22,6 +22,7 @@ from .config import (
     PRESETS,
     PROBABILITY_KINDS,
     SegmentOptions,
+    TrainConfig,
     TrainOptions,
     VectorizeOptions,
 )
@@ -423,7 +424,6 @@ def _float_list(text: str) -> list[float]:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .config import TrainConfig
     from .datasets import scenes_from_folder, scenes_from_pairs
     from .labels import read_classes_json
     from .train import checkpoint_path, train
