@@ -12,17 +12,23 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from . import __version__
-from .config import DEFAULT_PRESET, PRESETS
-from .errors import GlnetError
+from .config import (
+    PRESETS,
+    PROBABILITY_KINDS,
+    SegmentOptions,
+    TrainConfig,
+    TrainOptions,
+    VectorizeOptions,
+)
+from .errors import GlnetError, OptionError
 from .files import check_output_path
-from .precision import DEFAULT_PRECISION, PRECISIONS
-
-# Commands that later releases fill in, with the issue that brings them.
-PLANNED: dict[str, str] = {}
+from .precision import PRECISIONS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,13 +41,23 @@ def _parser() -> argparse.ArgumentParser:
                         help="how to show progress on stderr: a bar on a terminal (auto), "
                              "JSON lines for a controlling process, or nothing")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in (_add_info, _add_import_official, _add_train, _add_synth, _add_evaluate,
+                _add_segment, _add_vectorize):
+        add(sub)
+    return parser
 
+
+def _add_info(sub) -> None:
+    """The arguments of ``glnet info MODEL``."""
     p = sub.add_parser("info", help="print a model file's metadata",
                        description="Print a model file's metadata (classes, bands, sizes, stages).")
     p.add_argument("model", type=Path, help="model file")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(run=_info)
 
+
+def _add_import_official(sub) -> None:
+    """The arguments of ``glnet import-official G.pth G2L.pth [L2G.pth] -o MODEL``."""
     p = sub.add_parser(
         "import-official", help="convert the released GLNet DeepGlobe checkpoints",
         description="Convert the released GLNet checkpoints (G.pth after stage 1, G2L.pth after "
@@ -54,6 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(run=_import_official)
 
+
+def _add_train(sub) -> None:
+    """The arguments of ``glnet train``, with the defaults of ``TrainOptions``."""
     p = sub.add_parser(
         "train", help="train GLNet on rasters with raster or vector labels",
         description="Train GLNet in three stages (global; global to local; local to global) on "
@@ -75,14 +94,15 @@ def _parser() -> argparse.ArgumentParser:
                    help="pixels outside all label polygons: a 'background' class (default) or ignored")
     p.add_argument("--aoi", type=Path, help="polygons outside which pixels are ignored")
     p.add_argument("--bands", type=_int_list, help="image bands to use, e.g. 1,2,3")
-    p.add_argument("--preset", default=DEFAULT_PRESET, choices=tuple(PRESETS),
-                   help=f"network preset (default {DEFAULT_PRESET})")
+    p.add_argument("--preset", default=TrainOptions.preset, choices=tuple(PRESETS),
+                   help=f"network preset (default {TrainOptions.preset})")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--window", type=int, help="context window in pixels (default: the preset's)")
     size.add_argument("--window-metres", type=float, help="context window in metres")
     p.add_argument("--patch", type=int, help="patch size in pixels")
     p.add_argument("--global-size", type=int, help="size the global branch sees the window at")
-    p.add_argument("--stages", type=_int_list, default=[1, 2, 3], help="stages to run (default 1,2,3)")
+    p.add_argument("--stages", type=_int_list, default=list(TrainOptions.stages),
+                   help=f"stages to run (default {','.join(map(str, TrainOptions.stages))})")
     p.add_argument("--epochs", type=_int_list, help="epochs per stage, e.g. 20,20,10")
     p.add_argument("--steps", type=_int_list,
                    help="optimiser steps per stage instead of epochs, e.g. 300,300,300 (one value: "
@@ -98,20 +118,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--patches-per-window", type=int,
                    help="patches with a loss per window in stages 2 and 3 (default: all)")
     p.add_argument("--max-minutes", type=float, help="time budget for the whole run")
-    p.add_argument("--val-fraction", type=float, default=0.2,
-                   help="right-hand share of each scene held out for validation (default 0.2)")
+    p.add_argument("--val-fraction", type=float, default=TrainOptions.val_fraction,
+                   help=f"right-hand share of each scene held out for validation (default "
+                        f"{TrainOptions.val_fraction})")
     p.add_argument("--balance", action="store_true", help="favour windows with rare classes")
     p.add_argument("--backbone-weights", type=Path, help="local torchvision ResNet ImageNet weights")
     p.add_argument("--no-pretrained", action="store_true",
                    help="start the lite preset's trunks from random weights, not ImageNet's")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=int, default=TrainOptions.seed,
+                   help=f"random seed (default {TrainOptions.seed})")
     p.add_argument("--threads", type=int, help="CPU threads")
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--device", default=TrainOptions.device, help="cpu (default) or cuda")
     p.add_argument("--resume", action="store_true", help="continue from MODEL.ckpt")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model file")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=_train)
 
+
+def _add_synth(sub) -> None:
+    """The arguments of ``glnet synth OUT_DIR``."""
     p = sub.add_parser(
         "synth", help="a georeferenced synthetic landscape for tests and demos",
         description="Write a synthetic landscape to OUT_DIR: scene.tif (the image), labels.tif "
@@ -134,6 +159,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(run=_synth)
 
+
+def _add_evaluate(sub) -> None:
+    """The arguments of ``glnet evaluate``."""
     p = sub.add_parser(
         "evaluate", help="score a prediction, or a model, against reference labels",
         description="Score a class raster PRED against REF: a class raster (warped onto PRED's "
@@ -158,7 +186,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="with -m: CPU threads for segmenting")
     p.add_argument("--precision", choices=PRECISIONS,
                    help=f"with -m: precision of the network, as glnet segment's (default "
-                        f"{DEFAULT_PRECISION})")
+                        f"{SegmentOptions.precision})")
     p.add_argument("--ref-field", help="class field of vector references, values or names "
                                        "(default class_id, else class_name)")
     p.add_argument("--ref-layer", help="layer of a vector file with several layers")
@@ -171,6 +199,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.set_defaults(run=_evaluate, usage_error=p.error)
 
+
+def _add_segment(sub) -> None:
+    """The arguments of ``glnet segment``, with the defaults of ``SegmentOptions``."""
     p = sub.add_parser(
         "segment", help="segment a scene of any size into a land-cover mask",
         description="Segment SCENE with a GLNet model into a land-cover mask: a Cloud Optimized "
@@ -191,7 +222,8 @@ def _parser() -> argparse.ArgumentParser:
                         "local:N for a local cluster of N workers (needs glnet-qgis[distributed])")
     p.add_argument("--probabilities", type=Path, metavar="P.tif",
                    help="also write class probabilities in percent (a COG)")
-    p.add_argument("--probability-kind", choices=("classes", "confidence"), default="classes",
+    p.add_argument("--probability-kind", choices=PROBABILITY_KINDS,
+                   default=SegmentOptions.probability_kind,
                    help="one band per class (default) or the winning class's probability only")
     p.add_argument("--polygons", type=Path, metavar="P.gpkg",
                    help="also vectorize the mask into polygons")
@@ -201,27 +233,32 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--aoi", type=Path, metavar="AOI.gpkg",
                    help="work only inside these polygons; outside is nodata")
     p.add_argument("--aoi-layer", help="layer of the --aoi file (default: its first)")
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--device", default=SegmentOptions.device, help="cpu (default) or cuda")
     p.add_argument("--threads", type=int, help="CPU threads for the model")
-    p.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION,
+    p.add_argument("--precision", choices=PRECISIONS, default=SegmentOptions.precision,
                    help=f"the network in fp32, or in bf16 (probabilities stay fp32); auto: bf16 "
                         f"where the CPU (avx512_bf16, amx_bf16) or GPU has it natively, else fp32 "
-                        f"(default {DEFAULT_PRECISION}). bf16 elsewhere runs emulated, with a warning")
-    p.add_argument("--batch", type=int, default=1,
-                   help="patches per forward pass (default 1; more is faster on a GPU)")
+                        f"(default {SegmentOptions.precision}). bf16 elsewhere runs emulated, "
+                        f"with a warning")
+    p.add_argument("--batch", type=int, default=SegmentOptions.sub_batch,
+                   help=f"patches per forward pass (default {SegmentOptions.sub_batch}; more is "
+                        f"faster on a GPU)")
     p.add_argument("--window", type=int, help="context window in pixels (default: the model's)")
     p.add_argument("--overlap", type=int, help="least overlap of windows in pixels "
                                                "(default: a quarter window)")
-    p.add_argument("--blend", type=int, default=128,
-                   help="width in pixels of the smooth hand-over between windows (default 128)")
+    p.add_argument("--blend", type=int, default=SegmentOptions.blend,
+                   help=f"width in pixels of the smooth hand-over between windows (default "
+                        f"{SegmentOptions.blend})")
     p.add_argument("--mode", type=int, choices=(1, 2, 3),
                    help="1 global branch only, 2 global to local, 3 also local to global "
                         "(default: the fullest the model supports)")
     p.add_argument("--refine", choices=("all", "confidence", "bbox", "bbox+confidence"),
-                   default="all", help="coarse to fine: refine only some patches with the local "
-                                       "branch (default all)")
-    p.add_argument("--refine-threshold", type=float, default=0.9,
-                   help="skip patches whose global confidence is at least this (default 0.9)")
+                   default=SegmentOptions.refine,
+                   help=f"coarse to fine: refine only some patches with the local branch "
+                        f"(default {SegmentOptions.refine})")
+    p.add_argument("--refine-threshold", type=float, default=SegmentOptions.confidence,
+                   help=f"skip patches whose global confidence is at least this (default "
+                        f"{SegmentOptions.confidence})")
     resample = p.add_mutually_exclusive_group()
     resample.add_argument("--no-resample", action="store_true",
                           help="do not resample scenes whose resolution differs from the model's")
@@ -239,6 +276,9 @@ def _parser() -> argparse.ArgumentParser:
                         "killed run left beside the output is removed")
     p.set_defaults(run=_segment)
 
+
+def _add_vectorize(sub) -> None:
+    """The arguments of ``glnet vectorize``, with the defaults of ``VectorizeOptions``."""
     p = sub.add_parser(
         "vectorize", help="turn a land-cover mask into polygons",
         description="Turn a class raster (the mask of glnet segment, or any single-band integer "
@@ -256,41 +296,60 @@ def _parser() -> argparse.ArgumentParser:
                             "largest neighbour")
     sieve.add_argument("--min-pixels", type=int, metavar="N",
                        help="merge regions of fewer than N pixels into their largest neighbour")
-    p.add_argument("--simplify", type=float, default=0.0, metavar="M",
+    p.add_argument("--simplify", type=float, default=VectorizeOptions.simplify, metavar="M",
                    help="simplify shared edges with this tolerance in metres (0: pixel outlines)")
-    p.add_argument("--smooth", type=int, default=0, metavar="N",
-                   help="Chaikin smoothing iterations of shared edges (0 to 5, default 0)")
+    p.add_argument("--smooth", type=int, default=VectorizeOptions.smooth, metavar="N",
+                   help=f"Chaikin smoothing iterations of shared edges (0 to 5, default "
+                        f"{VectorizeOptions.smooth})")
     p.add_argument("--classes", type=_int_list, metavar="1,2",
                    help="write only polygons of these class values")
-    p.add_argument("--block-size", type=int, default=None, metavar="ROWS",
-                   help="rows per strip (default 512; 0 reads the whole mask at once)")
+    p.add_argument("--block-size", type=int, default=VectorizeOptions.block_size, metavar="ROWS",
+                   help=f"rows per strip (default {VectorizeOptions.block_size}; 0 reads the whole "
+                        f"mask at once)")
     p.add_argument("--format", choices=("GPKG", "ESRI Shapefile", "GeoJSON", "FlatGeobuf"),
                    help="output format (default: from the extension)")
     p.add_argument("--layer", help="layer name (default: the output file's name)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.set_defaults(run=_vectorize)
 
-    for name, text in PLANNED.items():
-        p = sub.add_parser(name, help=f"{text} (not in this version yet)",
-                           description=f"{text[0].upper()}{text[1:]}. Not in this version yet.")
-        p.add_argument("args", nargs=argparse.REMAINDER)
-        p.set_defaults(run=_planned)
-    return parser
-
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if not args.debug:
-        # GDAL's messages reach Python's last-resort log handler as bare lines
-        # (a full disk gives dozens of "_tiffWriteProc: ..."); the error they
-        # end in is reported once, below.
-        for name in ("rasterio", "fiona"):
-            logging.getLogger(name).addHandler(logging.NullHandler())
-        _one_line_warnings(args.command)
-    # A controlling process (the QGIS plugin) stops us with SIGTERM: unwind like
-    # Ctrl+C so that temporary outputs are removed.
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    args = _parser().parse_args(argv)
+    with _command_settings(args):
+        return _run(args)
+
+
+@contextmanager
+def _command_settings(args: argparse.Namespace) -> Iterator[None]:
+    """The process-wide settings a command runs with, put back when it returns.
+
+    A process that calls ``main`` (the tests, a script) keeps its own
+    warnings, log handlers and SIGTERM handler.
+    """
+    handlers = []
+    with warnings.catch_warnings():
+        if not args.debug:
+            # GDAL's messages reach Python's last-resort log handler as bare lines
+            # (a full disk gives dozens of "_tiffWriteProc: ..."); the error they
+            # end in is reported once, by _run.
+            for name in ("rasterio", "fiona"):
+                handler = logging.NullHandler()
+                logging.getLogger(name).addHandler(handler)
+                handlers.append((name, handler))
+            _one_line_warnings(args.command)
+        # A controlling process (the QGIS plugin) stops us with SIGTERM: unwind like
+        # Ctrl+C so that temporary outputs are removed.
+        previous = signal.signal(signal.SIGTERM, _terminate)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            for name, handler in handlers:
+                logging.getLogger(name).removeHandler(handler)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the command; errors become one line on stderr and an exit status."""
     try:
         return args.run(args) or 0
     except GlnetError as exc:
@@ -324,8 +383,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"glnet {args.command}: internal error: {text} (run with --debug for the "
               "traceback)", file=sys.stderr)
         return 1
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _destination(args: argparse.Namespace) -> Path | str:
@@ -335,6 +392,21 @@ def _destination(args: argparse.Namespace) -> Path | str:
 
 def _terminate(signum, frame) -> None:
     raise KeyboardInterrupt
+
+
+def _options(cls, flags: dict[str, str], **values):
+    """``cls(**values)``, where an ``OptionError`` about a field in ``flags`` names its flag.
+
+    The options dataclasses check their values themselves and name their
+    fields; the user of the command line knows the flags (``--stages``).
+    """
+    try:
+        return cls(**values)
+    except OptionError as exc:
+        flag = flags.get(exc.option)
+        if flag is None:
+            raise
+        raise OptionError(flag + str(exc)[len(exc.option):]) from None
 
 
 def _int_list(text: str) -> list[int]:
@@ -352,10 +424,9 @@ def _float_list(text: str) -> list[float]:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .config import TrainConfig
     from .datasets import scenes_from_folder, scenes_from_pairs
     from .labels import read_classes_json
-    from .train import TrainOptions, checkpoint_path, train
+    from .train import checkpoint_path, train
 
     if args.tiles is not None and not args.dataset:
         raise GlnetError("--tiles applies with --dataset FOLDER only")
@@ -368,15 +439,14 @@ def _train(args: argparse.Namespace) -> int:
     elif not checkpoint_path(args.output).exists():
         raise GlnetError(f"{checkpoint_path(args.output)}: no checkpoint to resume from")
     stages = tuple(args.stages)
-    if not stages or any(s not in (1, 2, 3) for s in stages) or list(stages) != sorted(set(stages)):
-        raise GlnetError(f"--stages must be increasing stages among 1, 2, 3, got {args.stages}")
     per_stage = {}
     for name, values in (("epochs", args.epochs), ("lr", args.lr), ("steps", args.steps)):
         if values is not None and len(values) not in (1, len(stages)):
             raise GlnetError(f"--{name} needs one value or one per stage ({len(stages)})")
         per_stage[name] = ({s: values[i if len(values) > 1 else 0] for i, s in enumerate(stages)}
                            if values else {})
-    options = TrainOptions(
+    options = _options(
+        TrainOptions, {"stages": "--stages"},
         preset=args.preset, window_size=args.window, window_metres=args.window_metres,
         patch_size=args.patch, global_size=args.global_size, stages=stages,
         epochs=per_stage["epochs"], lr=per_stage["lr"], steps=per_stage["steps"],
@@ -461,9 +531,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         args.usage_error("--tiles applies with --dataset FOLDER only")
     report = _progress(args, "evaluate")
     if args.model is not None:
-        from .segment import SegmentOptions
-
-        options = SegmentOptions(threads=args.threads, precision=args.precision or DEFAULT_PRECISION)
+        options = SegmentOptions(threads=args.threads,
+                                 precision=args.precision or SegmentOptions.precision)
         if args.dataset is not None:
             result = evaluate_model_on_dataset(
                 args.model, args.dataset, ignore_classes=args.ignore_classes, tiles=args.tiles,
@@ -489,9 +558,8 @@ def _one_line_warnings(command: str) -> None:
 
     rasterio's NotGeoreferencedWarning is dropped: segment and vectorize say
     themselves, once, what a raster without georeferencing means for the output.
+    Call it inside ``warnings.catch_warnings()`` (``_command_settings``).
     """
-    import warnings
-
     warnings.filterwarnings("ignore", message=r"(Dataset has no geotransform|The given matrix "
                                               r"is equal to Affine\.identity)")
 
@@ -515,10 +583,8 @@ def _stderr(report, text: str) -> None:
 def _segment(args: argparse.Namespace) -> int:
     from .modelfile import read_metadata
     from .progress import JsonLines
-    from .segment import SegmentOptions, describe_plan, plan_job, segment, source_path
+    from .segment import describe_plan, plan_job, segment, source_path
 
-    if args.extent is not None and len(args.extent) != 4:
-        raise GlnetError("--extent needs four numbers: xmin,ymin,xmax,ymax")
     scenes = [source_path(s) for s in args.scenes]
     several = len(scenes) > 1 or args.scheduler is not None or args.output.is_dir()
     if several:
@@ -531,13 +597,14 @@ def _segment(args: argparse.Namespace) -> int:
         outputs = [args.output]
     vectorize = None
     if args.polygons is not None:
-        from .polygons import VectorizeOptions, vectorize
+        from .polygons import vectorize
 
         check_output_path(args.polygons, args.overwrite,
                           inputs=[*scenes, args.model, outputs[0]])
-    options = SegmentOptions(
+    options = _options(
+        SegmentOptions, {"extent": "--extent"},
         bands=tuple(args.bands) if args.bands else None,
-        extent=tuple(args.extent) if args.extent else None, aoi=args.aoi,
+        extent=tuple(args.extent) if args.extent is not None else None, aoi=args.aoi,
         aoi_layer=args.aoi_layer, probabilities=args.probabilities,
         probability_kind=args.probability_kind, window_size=args.window, overlap=args.overlap,
         blend=args.blend, mode=args.mode, refine=args.refine, confidence=args.refine_threshold,
@@ -606,14 +673,12 @@ def _segment(args: argparse.Namespace) -> int:
 
 
 def _vectorize(args: argparse.Namespace) -> int:
-    import warnings
-
-    from .polygons import DEFAULT_BLOCK_ROWS, VectorizeOptions, summary, vectorize
+    from .polygons import summary, vectorize
 
     options = VectorizeOptions(
         min_area=args.min_area, min_pixels=args.min_pixels, simplify=args.simplify,
         smooth=args.smooth, class_ids=tuple(args.classes) if args.classes else None,
-        block_size=DEFAULT_BLOCK_ROWS if args.block_size is None else args.block_size,
+        block_size=args.block_size,
         driver=args.format, layer=args.layer, overwrite=args.overwrite)
     report = _progress(args, "vectorize")
     try:
@@ -627,10 +692,6 @@ def _vectorize(args: argparse.Namespace) -> int:
             report.close()
     print(summary(result))
     return 0
-
-
-def _planned(args: argparse.Namespace) -> int:
-    raise GlnetError(f"'glnet {args.command}' is not available in glnet {__version__} yet")
 
 
 def _info(args: argparse.Namespace) -> int:

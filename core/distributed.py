@@ -131,6 +131,9 @@ def _strip_task(job: SegmentJob, strip: Strip, mask_part: str, prob_part: str | 
     tag = uuid.uuid4().hex[:8]
     tmp_mask = f"{mask_part}.{tag}.tmp"
     tmp_prob = f"{prob_part}.{tag}.tmp" if prob_part else None
+    # Process-wide, and not put back: the worker process exists to run these
+    # tasks, several at a time on its threads, and all of a run's tasks ask for
+    # the same count; putting it back after each would change it under the others.
     torch.set_num_threads(threads or worker.state.nthreads)
     try:
         # No .aux.xml side files beside the parts; a bounded GDAL cache as in-process.

@@ -1,5 +1,7 @@
 """Errors the engine reports to people rather than to programmers."""
 
+from __future__ import annotations
+
 
 class GlnetError(Exception):
     """A problem the user can fix: bad input, a bad model file, a bad option.
@@ -22,4 +24,11 @@ class OptionError(GlnetError, ValueError):
 
     Also a ``ValueError``, so code that validates settings the Python way keeps
     working, while the CLI and QGIS show it as one line like any ``GlnetError``.
+    ``option``, when given, is the field of the options dataclass that the
+    message begins with, so that a front end can name it its own way (the CLI
+    says ``--stages``).
     """
+
+    def __init__(self, message: str, option: str | None = None) -> None:
+        super().__init__(message)
+        self.option = option

@@ -55,7 +55,7 @@ class GLNet(nn.Module):
         self.context_decoder: FPNDecoder | None = None
         self._decoder_kwargs = dec
         self.stage = 0
-        # Training pretrained trunks keeps their BatchNorm statistics (see train.TrainOptions.freeze_bn).
+        # Training pretrained trunks keeps their BatchNorm statistics (see config.TrainOptions.freeze_bn).
         self.frozen_trunk_statistics = False
         self._init_decoders()
         if context_branch:

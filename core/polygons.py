@@ -71,18 +71,12 @@ from xml.sax.saxutils import escape, quoteattr
 
 import numpy as np
 
+from .config import FORMATS, VectorizeOptions
 from .errors import GlnetError, OptionError
 from .files import atomic_output, check_output_path, full_disk_as_error
 from .modelfile import ClassInfo
 from .palette import default_colors
 
-# Output formats: fiona driver name -> file extensions it is chosen for.
-FORMATS = {
-    "GPKG": (".gpkg",),
-    "ESRI Shapefile": (".shp",),
-    "GeoJSON": (".geojson", ".json"),
-    "FlatGeobuf": (".fgb",),
-}
 FIELDS = ("class_id", "class_name", "area_m2", "perimeter_m")
 # dBASE field names have at most 10 characters.
 SHAPEFILE_FIELDS = ("class_id", "class_name", "area_m2", "perim_m")
@@ -95,61 +89,11 @@ _WGS84 = (6378137.0, 1 / 298.257223563)
 QGIS_PIXEL_FRAME = (1.0, 0.0, 0.0, 0.0, -1.0, 0.0)
 # GDAL's block cache while sieving and reading strips.
 _GDAL_CACHE = 64 * 1024 * 1024
-DEFAULT_BLOCK_ROWS = 512
 # Share of the progress bar given to the sieve (GDAL reports no progress of its own).
 SIEVE_SHARE = 0.2
 
 # progress(fraction in [0, 1], message=None), as in glnet.progress
 ProgressFn = Callable[..., None]
-
-
-@dataclass(frozen=True)
-class VectorizeOptions:
-    """How a mask becomes polygons. The defaults polygonize exactly, without sieve.
-
-    Attributes:
-        min_area: sieve regions smaller than this many square metres (square
-            CRS units without a CRS) into their largest neighbour; for a
-            geographic CRS the pixel area at the mask's centre converts it.
-        min_pixels: the same threshold in pixels (give one of the two).
-        simplify: coverage simplification tolerance in metres (about the
-            square root of the area of the triangles removed); 0 keeps the
-            pixel outlines.
-        smooth: Chaikin smoothing iterations of the shared edges (0 to 5).
-        class_ids: write only polygons of these class values (all if None).
-        block_size: rows per strip; 0 reads and polygonizes the whole mask
-            at once (for comparison: memory then grows with the mask).
-        driver: "GPKG", "ESRI Shapefile", "GeoJSON" or "FlatGeobuf"; None
-            chooses from the output's extension.
-        layer: layer name (GeoPackage); default the output file's stem.
-        overwrite: replace an existing output.
-    """
-
-    min_area: float | None = None
-    min_pixels: int | None = None
-    simplify: float = 0.0
-    smooth: int = 0
-    class_ids: tuple[int, ...] | None = None
-    block_size: int = DEFAULT_BLOCK_ROWS
-    driver: str | None = None
-    layer: str | None = None
-    overwrite: bool = False
-
-    def __post_init__(self) -> None:
-        if self.min_area is not None and self.min_pixels is not None:
-            raise GlnetError("give a minimum area in square metres or in pixels, not both")
-        if self.min_area is not None and not self.min_area >= 0:
-            raise GlnetError(f"minimum area must be 0 or more, not {self.min_area}")
-        if self.min_pixels is not None and self.min_pixels < 0:
-            raise GlnetError(f"minimum pixels must be 0 or more, not {self.min_pixels}")
-        if not self.simplify >= 0 or math.isinf(self.simplify):
-            raise GlnetError(f"simplification tolerance must be 0 or more, not {self.simplify}")
-        if not 0 <= self.smooth <= 5:
-            raise GlnetError(f"smoothing iterations must be 0 to 5, not {self.smooth}")
-        if self.block_size < 0:
-            raise GlnetError(f"block size must be 0 (whole mask) or more rows, not {self.block_size}")
-        if self.driver is not None and self.driver not in FORMATS:
-            raise GlnetError(f"unknown format {self.driver!r}: use one of {', '.join(FORMATS)}")
 
 
 @dataclass

@@ -51,6 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import SegmentOptions
 from .errors import Cancelled, GlnetError, OptionError
 from .files import (
     atomic_output,
@@ -61,7 +62,7 @@ from .files import (
     work_folder,
 )
 from .modelfile import ModelMeta, read_metadata
-from .precision import DEFAULT_PRECISION, PRECISIONS, Precision, resolve_precision
+from .precision import Precision, resolve_precision
 from .windows import Region, Strip, WindowGrid, WindowReader
 from .windows import strips as cut_strips
 
@@ -69,138 +70,8 @@ from .windows import strips as cut_strips
 ProgressFn = Callable[..., None]
 CancelFn = Callable[[], bool]
 
-PROBABILITY_KINDS = ("classes", "confidence")
 # The largest resampling factor, either way, that ``segment`` accepts without ``force_resample``.
 MAX_RESAMPLE = 4.0
-
-
-@dataclass(frozen=True)
-class SegmentOptions:
-    """Every setting of ``segment``, with its default.
-
-    Attributes:
-        bands: 1-based band numbers of the scene in the model's band order;
-            None takes the scene's bands as they are (a trailing alpha dropped).
-        extent: ``(xmin, ymin, xmax, ymax)`` in the scene's CRS; work and output
-            are limited to it.
-        aoi: vector file of area-of-interest polygons (any CRS); pixels outside
-            them are nodata and windows outside them are skipped.
-        aoi_layer: layer of ``aoi`` (default: its first).
-        probabilities: also write a probability raster to this path.
-        probability_kind: "classes" (one band per class) or "confidence" (the
-            winning class's probability).
-        window_size: context window side; None: the model's.
-        overlap: least overlap between windows in pixels; None: a quarter window.
-        blend: width of the smooth hand-over between neighbouring windows.
-        smooth_patches: cross-fade overlapping patches inside a window.
-        mode: 1 global only, 2 global to local, 3 also local to global; None:
-            the fullest the model supports (2 with coarse to fine).
-        refine: coarse-to-fine patch selection: "all", "confidence", "bbox" or
-            "bbox+confidence".
-        confidence: threshold of the "confidence" rule.
-        background: classes the "bbox" rule treats as background.
-        resample: resample scenes whose resolution differs from the model's.
-        resolution: metres per pixel to resample the scene to instead of the
-            model's resolution (None: the model's).
-        force_resample: resample even by more than ``MAX_RESAMPLE`` either way
-            (otherwise refused before any work, with what to do instead).
-        resolution_tolerance: relative difference tolerated without resampling.
-        device: "cpu" or "cuda[:n]".
-        precision: "fp32", "bf16" (the network under bf16 autocast; probabilities
-            still formed and blended in fp32) or "auto": bf16 where the device
-            computes it natively (``glnet.precision``), else fp32. bf16 on a
-            device without native support runs emulated, with a warning.
-            Default ``precision.DEFAULT_PRECISION`` (auto).
-        threads: torch threads (None: torch's default).
-        sub_batch: patches per forward pass of the local branch (1 costs no
-            speed on a CPU and 60 MB less memory than 2 with the fast preset).
-        overwrite: replace existing output files.
-        overviews: build COG overviews.
-        style: write ``MASK.qml`` (QGIS legend with class names) beside the mask.
-        cache_mb: GDAL block cache while running (bounds reader and writer memory).
-        resume: continue a killed run on the same output from the strips it
-            finished (``resume_strips``), with the same model, scene and options;
-            without it, what a killed run left beside the output is removed.
-
-    Memory: a process segmenting with the ``fast`` preset holds torch and the
-    model (about 0.95 GB, most of it torch's import), one window's activations
-    (``sub_batch`` patches) and probabilities, the blending band (``blend`` rows
-    of the scene's width, float32 per class) and the GDAL cache.
-    """
-
-    bands: tuple[int, ...] | None = None
-    extent: tuple[float, float, float, float] | None = None
-    aoi: str | Path | None = None
-    aoi_layer: str | None = None
-    probabilities: str | Path | None = None
-    probability_kind: str = "classes"
-    window_size: int | None = None
-    overlap: int | None = None
-    blend: int = 128
-    smooth_patches: bool = True
-    mode: int | None = None
-    refine: str = "all"
-    confidence: float = 0.9
-    background: tuple[int, ...] = (0,)
-    resample: bool = True
-    resolution: float | None = None
-    force_resample: bool = False
-    resolution_tolerance: float = 0.1
-    device: str = "cpu"
-    precision: str = DEFAULT_PRECISION
-    threads: int | None = None
-    sub_batch: int = 1
-    overwrite: bool = False
-    overviews: bool = True
-    style: bool = True
-    cache_mb: int = 32
-    resume: bool = False
-
-    def __post_init__(self) -> None:
-        if self.probability_kind not in PROBABILITY_KINDS:
-            raise GlnetError(f"probability kind must be one of {', '.join(PROBABILITY_KINDS)}, "
-                             f"not {self.probability_kind!r}")
-        for name in ("window_size", "sub_batch", "threads", "blend", "cache_mb"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise GlnetError(f"{name.replace('_', ' ')} must be a positive integer, "
-                                 f"got {value!r}")
-        if self.overlap is not None and (not isinstance(self.overlap, int) or self.overlap < 0):
-            raise GlnetError(f"overlap must be a non-negative integer, got {self.overlap!r}")
-        if self.mode not in (None, 1, 2, 3):
-            raise GlnetError(f"mode must be 1, 2 or 3, not {self.mode!r}")
-        if self.extent is not None:
-            if len(self.extent) != 4:
-                raise GlnetError("extent needs four numbers: xmin,ymin,xmax,ymax")
-            xmin, ymin, xmax, ymax = self.extent
-            if not (xmin < xmax and ymin < ymax):
-                raise GlnetError(f"extent {self.extent}: need xmin < xmax and ymin < ymax")
-        if self.bands is not None and (not self.bands or any(
-                not isinstance(b, int) or b < 1 for b in self.bands)):
-            raise GlnetError(f"bands must be 1-based band numbers, got {self.bands!r}")
-        if self.resolution_tolerance < 0:
-            raise GlnetError("resolution tolerance must not be negative")
-        if self.resolution is not None:
-            if isinstance(self.resolution, bool) or not isinstance(self.resolution, (int, float)) \
-                    or not math.isfinite(self.resolution) or self.resolution <= 0:
-                raise OptionError(f"resolution must be a positive number of metres per pixel, "
-                                  f"got {self.resolution!r}")
-            if not self.resample:
-                raise OptionError(f"resolution {self.resolution:g} m asks for resampling, which "
-                                  "is turned off (no resample): give one or the other")
-        if not isinstance(self.force_resample, bool):
-            raise OptionError(f"force resample must be True or False, got {self.force_resample!r}")
-        if self.precision not in PRECISIONS:
-            raise OptionError(f"precision must be one of {', '.join(PRECISIONS)}, "
-                              f"not {self.precision!r}")
-
-    def replace(self, **changes) -> SegmentOptions:
-        known = {f.name for f in fields(self)}
-        unknown = sorted(set(changes) - known)
-        if unknown:
-            raise TypeError(f"unknown segment options: {', '.join(unknown)}")
-        from dataclasses import replace
-        return replace(self, **changes)
 
 
 @dataclass
@@ -770,6 +641,8 @@ def _segment_in(job: SegmentJob, model, model_path: Path | None, folder: Path,
                 cut: list[Strip], done: dict[int, StripResult], report: _Progress
                 ) -> SegmentResult:
     """``segment`` holding the output's work folder ``folder``."""
+    from .tensors import torch_threads
+
     opts = job.opts
     start = next((s.index for s in cut if s.index not in done), len(cut))
     if opts.resume and done:
@@ -779,7 +652,7 @@ def _segment_in(job: SegmentJob, model, model_path: Path | None, folder: Path,
     def run(job: SegmentJob, work: WorkFiles, report) -> list[StripResult]:
         share = 0.8 if job.resampled else 0.9
         if len(cut) == 1:
-            with _threads(opts.threads):
+            with torch_threads(opts.threads):
                 return [run_strip(job, net, cut[0], work.mask, work.probabilities,
                                   lambda f: report(share * f))]
         reused = [done[s.index] for s in cut[:start]]
@@ -788,7 +661,7 @@ def _segment_in(job: SegmentJob, model, model_path: Path | None, folder: Path,
         base = share * (1 - left / total)
         new = []
         if start < len(cut):
-            with _threads(opts.threads):
+            with torch_threads(opts.threads):
                 new = run_parts(job, net, cut, start, folder,
                                 lambda f: report(base + (share - base) * f))
         report(share, "assembling the strips")
@@ -898,21 +771,6 @@ def _load(model, model_path: Path | None, opts: SegmentOptions):
 
             net = copy.deepcopy(net).to(target).eval()
     return net, meta
-
-
-@contextmanager
-def _threads(n: int | None):
-    import torch
-
-    if n is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _open_source(job: SegmentJob):

@@ -164,7 +164,6 @@ class Layout:
     width: int
     height: int
     feature_size: float
-    road_spacing: float
     features: list[Feature] = field(default_factory=list)
 
     def of_class(self, value: int) -> list[Feature]:
@@ -223,7 +222,7 @@ def make_layout(width: int, height: int, seed: int = 0,
     f = float(feature_size) if feature_size else default_feature_size(width, height)
     rng = np.random.default_rng([int(seed), 0x5EED])
     spacing = max(0.7 * f, 200.0)
-    layout = Layout(width, height, f, spacing)
+    layout = Layout(width, height, f)
     scene = box(0, 0, width, height)
     area = float(width * height)
     obstacles: list = []

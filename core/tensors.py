@@ -4,12 +4,14 @@ Inputs of any dtype (uint8, uint16, int16, float32 ...) are scaled as
 ``(x - mean) / std`` with per-band statistics stored in the model file, never
 by a fixed 255. Nodata pixels are set to the band mean (0 after scaling) so
 that they do not disturb their neighbours' predictions; callers mask them out
-of the result.
+of the result. The torch settings of a run live here too: the device
+(``check_device``) and the CPU threads (``torch_threads``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -78,3 +80,21 @@ def check_device(name: str) -> torch.device:
         return torch.device(name)
     except RuntimeError as exc:
         raise GlnetError(f"device {name!r}: {exc}") from None
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` torch CPU threads (None: as they are), then put them back.
+
+    ``torch.set_num_threads`` is process-wide: a library call that set it for
+    good would change it for its caller, and for the caller's next run, too.
+    """
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

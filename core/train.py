@@ -18,14 +18,15 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from . import parallel
-from .config import DEFAULT_PRESET, StageConfig, TrainConfig, preset
+from .config import MIN_SIZE, StageConfig, TrainConfig, TrainOptions, preset
 from .datasets import Rect, TrainingScene, WindowSampler, augment, split_regions, tile_rect
 from .errors import GlnetError, OptionError
 from .files import atomic_output
@@ -35,141 +36,11 @@ from .metrics import ConfusionMatrix
 from .modelfile import ClassInfo, ModelMeta, save_model
 from .predict import predict_window
 from .stages import make_optimizer, poly_factor, train_step
-from .tensors import BandStatistics, check_device, to_tensor
+from .tensors import BandStatistics, check_device, to_tensor, torch_threads
 
 CHECKPOINT_FORMAT = "glnet-qgis-checkpoint"
 # Share of the time budget each stage gets; time a stage leaves over goes on.
 BUDGET_SHARE = {1: 0.35, 2: 0.40, 3: 0.25}
-
-
-@dataclass(frozen=True)
-class TrainOptions:
-    """Everything ``train`` needs besides the data; defaults in one place.
-
-    Attributes:
-        preset: network preset (``config.PRESETS``).
-        window_size, patch_size, global_size: override the preset's geometry
-            (pixels). ``window_metres`` sets the window through the first
-            scene's resolution instead.
-        stages: which stages to run, in order.
-        epochs, lr: per-stage overrides of ``loss.stages``.
-        stage_lr: the learning rate of every stage not given in ``lr``. The
-            released per-stage rates (``loss``: 1e-4, 2e-5, 5e-5) fine-tune
-            branches over thousands of steps; in the hundreds of steps of a CPU
-            budget the stage-2 rate leaves the local decoder and the
-            aggregation conv (randomly initialised, pretrained trunks or not)
-            almost untrained: from scratch (``benchmarks/accuracy.py``) and
-            with pretrained trunks alike (demo scene, stage 2 at 2e-5 after a
-            stage 1 at 0.676: validation mIoU 0.198). None keeps the released
-            rates.
-        windows_per_step: windows per optimiser step, per stage.
-        windows_per_epoch: training windows per epoch (default: enough to cover
-            the training area once).
-        max_minutes: time budget for the whole run.
-        val_fraction: right-hand share of each scene held out for validation.
-        balance: favour windows with rare classes.
-        seed: makes runs repeatable.
-        backbone_weights: local torchvision ResNet ImageNet weights for both branches.
-        pretrained: start both trunks from the ImageNet weights of an installed
-            package (EfficientNet-Lite0, the ``lite`` preset). None: whenever
-            the preset's trunk has such weights and ``backbone_weights`` is not
-            given.
-        freeze_bn: keep the pretrained trunks' BatchNorm statistics as they
-            came (their scale and shift still train). A batch of one window in
-            stage 1 gives statistics of one image; frozen ImageNet statistics do
-            not depend on the batch. None: whenever the trunks are pretrained.
-        steps: per-stage number of optimiser steps; replaces ``epochs`` for
-            that stage (the last epoch is cut short). A budget in steps gives
-            the same model on a slow or busy machine; ``max_minutes`` stays a cap.
-        decoder_lr_factor: learning rate of the decoders and the aggregation
-            conv relative to the trunks'. None: ``PRETRAINED_DECODER_LR_FACTOR``
-            when the trunks are pretrained (the randomly initialised parts
-            need larger steps than the pretrained ones may take), else
-            ``loss.decoder_lr_factor``.
-        coupling_weight: weight of the weak-coupling MSE in stage 2. None:
-            ``PRETRAINED_COUPLING_WEIGHT`` when the trunks are pretrained, else
-            ``loss.coupling_weight`` (the released 0.15).
-        threads: torch CPU threads (default: torch's choice).
-        device: ``cpu`` or ``cuda[:n]``; the model file is written the same either way.
-        prefetch: make the next batch of windows on a thread during each step
-            (same windows, same model). None: only on a GPU, where the step
-            leaves the CPU idle; on 2 CPU cores the reader competes with torch's
-            threads (``benchmarks/train_speed.py``: 0.91-1.01x on the CPU,
-            1.22x on an H200).
-        stats_windows: windows sampled to compute the band statistics.
-        loss: losses, optimiser and per-stage defaults.
-    """
-
-    preset: str = DEFAULT_PRESET
-    window_size: int | None = None
-    window_metres: float | None = None
-    patch_size: int | None = None
-    global_size: int | None = None
-    stages: tuple[int, ...] = (1, 2, 3)
-    epochs: dict[int, int] = field(default_factory=dict)
-    lr: dict[int, float] = field(default_factory=dict)
-    stage_lr: float | None = 1e-4
-    windows_per_step: dict[int, int] = field(default_factory=lambda: {1: 2, 2: 1, 3: 1})
-    windows_per_epoch: int | None = None
-    max_minutes: float | None = None
-    val_fraction: float = 0.2
-    balance: bool = False
-    seed: int = 0
-    backbone_weights: str | None = None
-    pretrained: bool | None = None
-    freeze_bn: bool | None = None
-    steps: dict[int, int] = field(default_factory=dict)
-    decoder_lr_factor: float | None = None
-    coupling_weight: float | None = None
-    threads: int | None = None
-    device: str = "cpu"
-    prefetch: bool | None = None
-    stats_windows: int = 16
-    loss: TrainConfig = field(default_factory=TrainConfig)
-
-    def __post_init__(self) -> None:
-        _check_options(self)
-
-
-# Below this a ResNet trunk (stride 32) has no feature map left to segment.
-MIN_SIZE = 32
-
-
-def _check_options(o: TrainOptions) -> None:
-    """Raise ``OptionError`` naming the first setting outside what it may be."""
-    def whole(name: str, value, low: int) -> None:
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool)
-                                  or value < low):
-            raise OptionError(f"{name} must be an integer of at least {low}, got {value!r}")
-
-    def positive(name: str, value) -> None:
-        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)
-                                      and value > 0):
-            raise OptionError(f"{name} must be a positive number, got {value!r}")
-
-    for name in ("window_size", "patch_size", "global_size"):
-        whole(name.replace("_", " "), getattr(o, name), MIN_SIZE)
-    if o.patch_size and o.window_size and o.patch_size > o.window_size:
-        raise OptionError(f"patch size {o.patch_size} is larger than the window {o.window_size}")
-    for stage, epochs in o.epochs.items():
-        whole(f"epochs of stage {stage}", epochs, 1)
-    for stage, steps in o.steps.items():
-        whole(f"steps of stage {stage}", steps, 1)
-    for stage, lr in o.lr.items():
-        positive(f"learning rate of stage {stage}", lr)
-    for name in ("windows_per_epoch", "threads", "stats_windows"):
-        whole(name.replace("_", " "), getattr(o, name), 1)
-    whole("patches per window", o.loss.patches_per_window, 1)
-    positive("window metres", o.window_metres)
-    positive("max minutes", o.max_minutes)
-    positive("decoder learning-rate factor", o.decoder_lr_factor)
-    if o.coupling_weight is not None and not (isinstance(o.coupling_weight, (int, float))
-                                              and math.isfinite(o.coupling_weight)
-                                              and o.coupling_weight >= 0):
-        raise OptionError(f"coupling weight must be 0 or more, got {o.coupling_weight!r}")
-    if not (isinstance(o.val_fraction, (int, float)) and 0 <= o.val_fraction < 1):
-        raise OptionError(f"validation fraction must be at least 0 and below 1, "
-                          f"got {o.val_fraction!r}")
 
 
 @dataclass
@@ -233,8 +104,8 @@ def is_pretrained(options: TrainOptions) -> bool:
     return bool(options.backbone_weights) or uses_packaged_weights(options)
 
 
-def build_meta(scenes: Sequence[TrainingScene], classes: Sequence[ClassInfo], options: TrainOptions,
-               log: Callable[[str], None]) -> ModelMeta:
+def build_meta(scenes: Sequence[TrainingScene], classes: Sequence[ClassInfo],
+               options: TrainOptions) -> ModelMeta:
     """The model's metadata: network geometry for these scenes and their band statistics."""
     first = scenes[0]
     overrides = dict(in_channels=len(first.bands), num_classes=len(classes))
@@ -243,7 +114,7 @@ def build_meta(scenes: Sequence[TrainingScene], classes: Sequence[ClassInfo], op
     if options.window_metres is not None:
         if first.resolution is None:
             raise GlnetError(f"{first.path}: no projected CRS, so the window cannot be given in metres")
-        window = max(32, round(options.window_metres / first.resolution))
+        window = max(MIN_SIZE, round(options.window_metres / first.resolution))
     if window is not None:
         overrides["window_size"] = window
     win = overrides.get("window_size", base.window_size)
@@ -402,44 +273,172 @@ def checkpoint_path(output: str | Path) -> Path:
 
 
 def train(scenes: Sequence[TrainingScene], classes: Sequence[ClassInfo], output: str | Path,
-          options: TrainOptions = TrainOptions(), resume: bool = False,
+          options: TrainOptions | None = None, resume: bool = False,
           log: Callable[[str], None] = print,
           progress: Callable[[float], None] | None = None) -> TrainResult:
     """Train a GLNet on ``scenes`` and write the best model to ``output``.
 
     ``log`` receives one line per epoch; ``progress`` the fraction of all
     planned steps done (called after every step; it may raise to cancel).
+    ``options.threads`` and the seeding of torch's random generators hold
+    for the run only: both are as they were when ``train`` returns.
     """
+    options = options or TrainOptions()
     ranks = parallel.from_env()
     try:
-        return _train(scenes, classes, output, options, resume, log, progress, ranks)
+        return _train(scenes, classes, Path(output), options, resume, log, progress, ranks)
     finally:
         ranks.close()
 
 
-def _train(scenes, classes, output, options: TrainOptions, resume: bool, log, progress,
+@dataclass
+class _Best:
+    """The best validation score so far: the model at ``output`` scored it."""
+
+    miou: float = -1.0
+    stage: int | None = None
+    epoch: int | None = None
+
+
+@dataclass
+class _StageBest:
+    """The current stage's best score and weights, which the next stage starts from."""
+
+    miou: float = -1.0
+    state: dict | None = None
+
+
+@dataclass
+class _Position:
+    """Where a run goes on: the index of a stage in ``options.stages`` and an epoch of it."""
+
+    stage_index: int = 0
+    epoch: int = 0
+
+
+@dataclass
+class _Run:
+    """A training run: what is set up once, and the state its epochs advance.
+
+    Everything a checkpoint records (``_save_checkpoint``) is here, so that a
+    resumed run (``_restore``) is the same object as one that never stopped.
+    """
+
+    options: TrainOptions
+    scenes: Sequence[TrainingScene]
+    output: Path
+    meta: ModelMeta
+    model: GLNet
+    device: torch.device
+    ranks: parallel.Ranks
+    loss: TrainConfig           # the losses' settings, decided once from the trunks
+    sampler: WindowSampler
+    val_windows: list[Rect]
+    per_epoch: int              # training windows per epoch
+    rng: np.random.Generator
+    log: Callable[[str], None]
+    progress: Callable[[float], None] | None
+    replace_output: bool        # whether what is at ``output`` may be replaced
+    start_time: float
+    elapsed0: float = 0.0       # seconds spent by the runs this one resumes
+    history: list[dict] = field(default_factory=list)
+    best: _Best = field(default_factory=_Best)
+    done: tuple[int, ...] = ()
+    pos: _Position = field(default_factory=_Position)
+    stage_best: _StageBest = field(default_factory=_StageBest)
+    state: dict | None = None   # the checkpoint resumed from, until its stage is set up
+
+    @property
+    def ckpt_path(self) -> Path:
+        return checkpoint_path(self.output)
+
+    @property
+    def stages(self) -> tuple[int, ...]:
+        return tuple(self.options.stages)
+
+    def elapsed(self) -> float:
+        return self.elapsed0 + time.monotonic() - self.start_time
+
+    def stage_steps(self, s: int) -> tuple[int, int]:
+        """(steps per epoch, steps in all) of stage ``s``."""
+        o = self.options
+        per = max(1, math.ceil(self.per_epoch / o.windows_per_step.get(s, 1)))
+        if s in o.steps:
+            return per, o.steps[s]
+        return per, per * o.epochs.get(s, o.loss.stages.get(s, StageConfig(10, 1e-4)).epochs)
+
+    def result(self) -> TrainResult:
+        best_miou = self.best.miou if self.best.miou >= 0 else None
+        return TrainResult(self.output, best_miou, self.best.stage, self.done, self.history,
+                           self.elapsed() / 60)
+
+
+@dataclass
+class _Stage:
+    """One stage of a run: its settings and its optimiser."""
+
+    index: int                  # in ``options.stages``
+    stage: int
+    cfg: TrainConfig            # the run's losses with this stage's epochs and learning rate
+    steps_per_epoch: int
+    total_steps: int
+    epochs: int
+    first_epoch: int
+    optimizer: object
+    deadline: float | None      # elapsed seconds at which the stage's share of the budget is used
+    make_batch: Callable[[], list]
+
+
+def _train(scenes, classes, output: Path, options: TrainOptions, resume: bool, log, progress,
            ranks: parallel.Ranks) -> TrainResult:
-    output = Path(output)
-    ckpt_path = checkpoint_path(output)
     if not ranks.main:
         log, progress = (lambda text: None), None
-    # Temporary files of a run that was killed (SIGKILL leaves no chance to clean up).
-    for stale in [] if not ranks.main else [*output.parent.glob(f".{output.name}.*.part"), *output.parent.glob(f".{ckpt_path.name}.*.part")]:
-        stale.unlink(missing_ok=True)
+    else:
+        _remove_stale_parts(output)
     # What is at ``output`` now the caller let us replace; a file that appears
     # there later is another run's (files.atomic_output refuses it).
     replace_output = output.exists()
-    if options.threads:
-        torch.set_num_threads(options.threads)
-    device = check_device(options.device)
-    if ranks.active and device.type != "cpu":
-        raise GlnetError("training in several processes (torchrun) runs on the CPU only; "
-                         "leave out --device")
-    torch.manual_seed(options.seed)
+    with torch_threads(options.threads):
+        device = check_device(options.device)
+        if ranks.active and device.type != "cpu":
+            raise GlnetError("training in several processes (torchrun) runs on the CPU only; "
+                             "leave out --device")
+        with _own_torch_rng(device):
+            torch.manual_seed(options.seed)
+            run = _start(scenes, classes, output, options, resume, log, progress, ranks, device,
+                         replace_output)
+            for si in range(run.pos.stage_index, len(run.stages)):
+                _train_stage(run, si)
+            ranks.check_identical(run.model)
+            return run.result()
+
+
+def _remove_stale_parts(output: Path) -> None:
+    """Temporary files of a run that was killed (SIGKILL leaves no chance to clean up)."""
+    ckpt_path = checkpoint_path(output)
+    for stale in [*output.parent.glob(f".{output.name}.*.part"),
+                  *output.parent.glob(f".{ckpt_path.name}.*.part")]:
+        stale.unlink(missing_ok=True)
+
+
+def _own_torch_rng(device: torch.device):
+    """A block after which torch's random generators are as they were before it.
+
+    The run seeds them (initial weights, the draws of training steps); the
+    caller's own draws go on as if it had not run. On a GPU its generators
+    are kept too.
+    """
+    return torch.random.fork_rng(
+        devices=range(torch.cuda.device_count()) if device.type == "cuda" else ())
+
+
+def _start(scenes, classes, output: Path, options: TrainOptions, resume: bool, log, progress,
+           ranks: parallel.Ranks, device: torch.device, replace_output: bool) -> _Run:
+    """The run before its first step: metadata, data, model, and the state resumed from."""
     # Rank 0 draws the windows a single process would; the others their own.
     rng = np.random.default_rng(options.seed if ranks.main else [options.seed, ranks.rank])
     start_time = time.monotonic()
-
+    ckpt_path = checkpoint_path(output)
     state = None
     if resume:
         state = _load_checkpoint(ckpt_path)
@@ -448,7 +447,7 @@ def _train(scenes, classes, output, options: TrainOptions, resume: bool, log, pr
             raise GlnetError(f"{ckpt_path}: checkpoint was made for other classes or bands")
         _check_resume(ckpt_path, state, options)
     else:
-        meta = build_meta(scenes, classes, options, log)
+        meta = build_meta(scenes, classes, options)
 
     net = meta.net
     train_rects, val_rects = split_regions(scenes, options.val_fraction)
@@ -458,168 +457,190 @@ def _train(scenes, classes, output, options: TrainOptions, resume: bool, log, pr
     if not val_windows:
         log("no validation area (scene too small or --val-fraction 0): keeping the last model")
 
+    model, pretrained = _new_model(net, options, device, initialise=state is None)
+    # The losses' settings that follow from the trunks, decided once for all stages.
+    loss = replace(options.loss, decoder_lr_factor=decoder_lr_factor(options, pretrained),
+                   coupling_weight=coupling_weight(options, pretrained))
+    run = _Run(options, scenes, output, meta, model, device, ranks, loss, sampler, val_windows,
+               per_epoch, rng, log, progress, replace_output, start_time)
+    if state is not None:
+        _restore(run, state)
+    return run
+
+
+def _new_model(net, options: TrainOptions, device: torch.device,
+               initialise: bool) -> tuple[GLNet, bool]:
+    """The network on ``device`` and whether its trunks are pretrained.
+
+    ``initialise``: load the pretrained trunks' weights (a resumed run loads
+    its own weights instead).
+    """
     model = GLNet(net)
     pretrained = is_pretrained(options)
-    if options.backbone_weights and state is None:
+    if options.backbone_weights and initialise:
         from .backbone import load_imagenet_weights
 
         load_imagenet_weights(model.global_backbone, options.backbone_weights)
-    elif uses_packaged_weights(options) and state is None:
+    elif uses_packaged_weights(options) and initialise:
         from .backbone import load_packaged_weights
 
         load_packaged_weights(model.global_backbone)
-    if pretrained and state is None:
+    if pretrained and initialise:
         # Both branches start from the same weights: read (and hash) the file once.
         model.local_backbone.load_state_dict(model.global_backbone.state_dict())
     model.frozen_trunk_statistics = (options.freeze_bn if options.freeze_bn is not None
                                      else pretrained)
     model.to(device)
+    return model, pretrained
 
-    stages = tuple(options.stages)
-    # The losses' settings that follow from the trunks, decided once for all stages.
-    loss = replace(options.loss, decoder_lr_factor=decoder_lr_factor(options, pretrained),
-                   coupling_weight=coupling_weight(options, pretrained))
-    history: list[dict] = []
-    best = {"miou": -1.0, "stage": None}
-    done: tuple[int, ...] = ()
-    elapsed0 = 0.0
-    pos = {"stage_index": 0, "epoch": 0}
-    stage_best: dict | None = None
-    if state is not None:
-        if state["has_context"]:
-            model.add_context_branch()
-        model.load_state_dict(state["model"])
-        history = json.loads(state["history"])
-        best = json.loads(state["best"])
-        done = tuple(state["done"])
-        elapsed0 = float(state["elapsed"])
-        pos = json.loads(state["pos"])
-        stage_best = {"miou": float(state["stage_best_miou"]), "state": state["stage_best_state"]}
-        rng.bit_generator.state = json.loads(state["rng"])
-        if not ranks.main:
-            rng = np.random.default_rng([options.seed, ranks.rank, pos["stage_index"],
-                                         pos["epoch"]])
-        torch.set_rng_state(state["torch_rng"])
-        log(f"resuming from {ckpt_path}: stage {stages[pos['stage_index']] if pos['stage_index'] < len(stages) else '-'}, "
-            f"epoch {pos['epoch'] + 1}")
 
-    budget = options.max_minutes * 60 if options.max_minutes else None
-    def stage_steps(s: int) -> tuple[int, int]:
-        """(steps per epoch, steps in all) of stage ``s``."""
-        per = max(1, math.ceil(per_epoch / options.windows_per_step.get(s, 1)))
-        if s in options.steps:
-            return per, options.steps[s]
-        return per, per * options.epochs.get(s, options.loss.stages.get(s, StageConfig(10, 1e-4)).epochs)
+def _restore(run: _Run, state: dict) -> None:
+    """Put ``run`` where the checkpoint ``state`` left it."""
+    if state["has_context"]:
+        run.model.add_context_branch()
+    run.model.load_state_dict(state["model"])
+    run.history = json.loads(state["history"])
+    run.best = _Best(**json.loads(state["best"]))
+    run.done = tuple(state["done"])
+    run.elapsed0 = float(state["elapsed"])
+    run.pos = _Position(**json.loads(state["pos"]))
+    run.stage_best = _StageBest(float(state["stage_best_miou"]), state["stage_best_state"])
+    run.rng.bit_generator.state = json.loads(state["rng"])
+    if not run.ranks.main:
+        run.rng = np.random.default_rng([run.options.seed, run.ranks.rank, run.pos.stage_index,
+                                         run.pos.epoch])
+    torch.set_rng_state(state["torch_rng"])
+    run.state = state
+    stages, si = run.stages, run.pos.stage_index
+    run.log(f"resuming from {run.ckpt_path}: stage {stages[si] if si < len(stages) else '-'}, "
+            f"epoch {run.pos.epoch + 1}")
 
-    planned = {s: stage_steps(s)[1] for s in stages}
-    total_planned = sum(planned.values())
 
-    def elapsed() -> float:
-        return elapsed0 + time.monotonic() - start_time
+def _train_stage(run: _Run, si: int) -> None:
+    """Stage ``stages[si]`` from where the run stands; the run goes on from its best weights."""
+    st = _setup_stage(run, si)
+    for epoch in range(st.first_epoch, st.epochs):
+        record, out_of_time = _train_epoch(run, st, epoch)
+        _end_epoch(run, st, epoch, record, last=out_of_time or epoch == st.epochs - 1)
+        if out_of_time:
+            run.log(f"stage {st.stage}: time budget used after {epoch + 1} epoch(s)")
+            break
+    # The next stage starts from this stage's best weights.
+    if run.stage_best.state is not None:
+        run.model.load_state_dict(run.stage_best.state)
+    run.done = _with_stage(run.done, st.stage)
+    run.state = None
 
-    for si in range(pos["stage_index"], len(stages)):
-        stage = stages[si]
-        cfg = loss
-        stage_cfg = cfg.stages.get(stage, StageConfig(epochs=10, lr=1e-4))
-        steps_per_epoch, total_steps = stage_steps(stage)
-        epochs = math.ceil(total_steps / steps_per_epoch)
-        default_lr = options.stage_lr or stage_cfg.lr
-        lr = options.lr.get(stage, default_lr)
-        cfg = replace(cfg, stages={**cfg.stages, stage: StageConfig(epochs=epochs, lr=lr)})
-        model.set_stage(stage)
-        ranks.broadcast_state(model)
-        optimizer = make_optimizer(model, stage, cfg)
-        if ranks.active:
-            optimizer = parallel.AveragingOptimizer(optimizer, model, ranks)
-        first_epoch = pos["epoch"] if si == pos["stage_index"] else 0
-        if state is not None and si == pos["stage_index"] and state.get("optimizer") is not None:
-            optimizer.load_state_dict(state["optimizer"])
-        if si != pos["stage_index"] or state is None:
-            stage_best = {"miou": -1.0, "state": None}
-        batch = options.windows_per_step.get(stage, 1)
-        stage_deadline = None
-        if budget is not None:
-            left = budget - elapsed()
-            share = BUDGET_SHARE.get(stage, 0.3) / sum(BUDGET_SHARE.get(s, 0.3) for s in stages[si:])
-            stage_deadline = elapsed() + max(0.0, left) * share
-        mode = {1: 1, 2: 2, 3: 3}[stage]
-        def make_batch(batch=batch) -> list[tuple[torch.Tensor, torch.Tensor]]:
-            windows = []
-            for _ in range(batch):
-                rect = sampler.draw(rng)
-                image, labels, valid = scenes[rect.scene].read(rect.window(), net.num_classes)
-                image, labels, valid = augment(image, labels, rng, valid)
-                windows.append((to_tensor(image, meta.mean, meta.std, valid),
-                                torch.from_numpy(labels)[None]))
-            return windows
 
-        for epoch in range(first_epoch, epochs):
-            losses = []
-            out_of_time = False
-            prefetch = options.prefetch if options.prefetch is not None else device.type != "cpu"
-            epoch_steps = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)
-            batches = (Prefetcher(make_batch, rng, epoch_steps) if prefetch
-                       else _Inline(make_batch))
-            try:
-                for k in range(epoch_steps):
-                    step = epoch * steps_per_epoch + k
-                    for group in optimizer.param_groups:
-                        group["lr"] = group["initial_lr"] * poly_factor(step, total_steps, cfg.poly_power)
-                    windows = [(x.to(device), y.to(device)) for x, y in batches.next()]
-                    result = train_step(model, windows, optimizer, cfg)
-                    losses.append(result.total)
-                    if progress is not None:
-                        before = sum(planned[s] for s in stages[:si])
-                        progress(min(1.0, (before + step + 1) / total_planned))
-                    if ranks.any(stage_deadline is not None and elapsed() >= stage_deadline):
-                        out_of_time = True
-                        break
-            finally:
-                batches.close()
-            record = {"stage": stage, "epoch": epoch + 1, "loss": float(np.mean(losses)),
-                      "steps": len(losses), "minutes": round(elapsed() / 60, 2)}
-            if val_windows and ranks.main:
-                conf = evaluate_windows(model, meta, scenes, val_windows, mode)
-                record["val_miou"] = conf.miou()
-                record["val_accuracy"] = conf.overall_accuracy()
-            history.append(record)
-            log(_format_record(record))
-            miou = ranks.from_main(record.get("val_miou", -0.5))
-            # NaN: the validation area has no labelled pixel, so no epoch can be
-            # scored; like no validation area at all, the last model is kept.
-            unscored = not val_windows or math.isnan(miou)
-            if unscored and val_windows and not math.isnan(best["miou"]):
-                log("no labelled pixels in the validation area (validation mIoU undefined): "
-                    "keeping the last model")
-            if miou > stage_best["miou"] or unscored:
-                stage_best = {"miou": miou, "state": copy.deepcopy(model.state_dict())}
-            stage_done = done + ((stage,) if stage not in done else ())
-            if miou > best["miou"] or unscored:
-                best = {"miou": miou, "stage": stage, "epoch": epoch + 1}
-                if ranks.main:
-                    save_model(model, replace(meta, stages=tuple(sorted(stage_done))), output,
-                               overwrite=replace_output)
-                    replace_output = True
-            last = out_of_time or epoch == epochs - 1
-            if ranks.main:
-                _save_checkpoint(ckpt_path, options, meta, model, optimizer if not last else None,
-                                 history,
-                                 best, done if not last else stage_done,
-                                 {"stage_index": si + 1 if last else si,
-                                  "epoch": 0 if last else epoch + 1},
-                                 stage_best, rng, elapsed())
-            if out_of_time:
-                log(f"stage {stage}: time budget used after {epoch + 1} epoch(s)")
+def _setup_stage(run: _Run, si: int) -> _Stage:
+    """Stage ``stages[si]``'s schedule, optimiser and share of the time budget."""
+    options, model = run.options, run.model
+    stage = run.stages[si]
+    stage_cfg = run.loss.stages.get(stage, StageConfig(epochs=10, lr=1e-4))
+    steps_per_epoch, total_steps = run.stage_steps(stage)
+    epochs = math.ceil(total_steps / steps_per_epoch)
+    lr = options.lr.get(stage, options.stage_lr or stage_cfg.lr)
+    cfg = replace(run.loss, stages={**run.loss.stages, stage: StageConfig(epochs=epochs, lr=lr)})
+    model.set_stage(stage)
+    run.ranks.broadcast_state(model)
+    optimizer = make_optimizer(model, stage, cfg)
+    if run.ranks.active:
+        optimizer = parallel.AveragingOptimizer(optimizer, model, run.ranks)
+    # A resumed run's first stage is the one its checkpoint left off in.
+    resumed = run.state is not None
+    if resumed and run.state.get("optimizer") is not None:
+        optimizer.load_state_dict(run.state["optimizer"])
+    if not resumed:
+        run.stage_best = _StageBest()
+    deadline = None
+    if options.max_minutes:
+        left = options.max_minutes * 60 - run.elapsed()
+        share = BUDGET_SHARE.get(stage, 0.3) / sum(BUDGET_SHARE.get(s, 0.3)
+                                                   for s in run.stages[si:])
+        deadline = run.elapsed() + max(0.0, left) * share
+    batch = partial(_make_batch, run, options.windows_per_step.get(stage, 1))
+    return _Stage(si, stage, cfg, steps_per_epoch, total_steps, epochs,
+                  run.pos.epoch if resumed else 0, optimizer, deadline, batch)
+
+
+def _make_batch(run: _Run, size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``size`` augmented training windows, drawn with the run's generator, as tensors."""
+    windows = []
+    for _ in range(size):
+        rect = run.sampler.draw(run.rng)
+        image, labels, valid = run.scenes[rect.scene].read(rect.window(), run.meta.net.num_classes)
+        image, labels, valid = augment(image, labels, run.rng, valid)
+        windows.append((to_tensor(image, run.meta.mean, run.meta.std, valid),
+                        torch.from_numpy(labels)[None]))
+    return windows
+
+
+def _train_epoch(run: _Run, st: _Stage, epoch: int) -> tuple[dict, bool]:
+    """The optimiser steps of one epoch: its record, and whether the time budget ran out."""
+    options, device = run.options, run.device
+    prefetch = options.prefetch if options.prefetch is not None else device.type != "cpu"
+    epoch_steps = min(st.steps_per_epoch, st.total_steps - epoch * st.steps_per_epoch)
+    batches = (Prefetcher(st.make_batch, run.rng, epoch_steps) if prefetch
+               else _Inline(st.make_batch))
+    planned = {s: run.stage_steps(s)[1] for s in run.stages}
+    before, total_planned = sum(planned[s] for s in run.stages[:st.index]), sum(planned.values())
+    losses = []
+    out_of_time = False
+    try:
+        for k in range(epoch_steps):
+            step = epoch * st.steps_per_epoch + k
+            for group in st.optimizer.param_groups:
+                group["lr"] = group["initial_lr"] * poly_factor(step, st.total_steps,
+                                                                st.cfg.poly_power)
+            windows = [(x.to(device), y.to(device)) for x, y in batches.next()]
+            losses.append(train_step(run.model, windows, st.optimizer, st.cfg).total)
+            if run.progress is not None:
+                run.progress(min(1.0, (before + step + 1) / total_planned))
+            if run.ranks.any(st.deadline is not None and run.elapsed() >= st.deadline):
+                out_of_time = True
                 break
-        # The next stage starts from this stage's best weights.
-        if stage_best["state"] is not None:
-            model.load_state_dict(stage_best["state"])
-        done = done + ((stage,) if stage not in done else ())
-        state = None
+    finally:
+        batches.close()
+    record = {"stage": st.stage, "epoch": epoch + 1, "loss": float(np.mean(losses)),
+              "steps": len(losses), "minutes": round(run.elapsed() / 60, 2)}
+    return record, out_of_time
 
-    ranks.check_identical(model)
-    best_miou = best["miou"] if best["miou"] >= 0 else None
-    return TrainResult(output, best_miou, best["stage"], done, history, elapsed() / 60)
+
+def _end_epoch(run: _Run, st: _Stage, epoch: int, record: dict, last: bool) -> None:
+    """Validate the epoch's model, write it if it is the best so far, and checkpoint the run.
+
+    ``last``: the stage ends with this epoch.
+    """
+    if run.val_windows and run.ranks.main:
+        conf = evaluate_windows(run.model, run.meta, run.scenes, run.val_windows, st.stage)
+        record["val_miou"] = conf.miou()
+        record["val_accuracy"] = conf.overall_accuracy()
+    run.history.append(record)
+    run.log(_format_record(record))
+    miou = run.ranks.from_main(record.get("val_miou", -0.5))
+    # NaN: the validation area has no labelled pixel, so no epoch can be
+    # scored; like no validation area at all, the last model is kept.
+    unscored = not run.val_windows or math.isnan(miou)
+    if unscored and run.val_windows and not math.isnan(run.best.miou):
+        run.log("no labelled pixels in the validation area (validation mIoU undefined): "
+                "keeping the last model")
+    if miou > run.stage_best.miou or unscored:
+        run.stage_best = _StageBest(miou, copy.deepcopy(run.model.state_dict()))
+    stage_done = _with_stage(run.done, st.stage)
+    if miou > run.best.miou or unscored:
+        run.best = _Best(miou, st.stage, epoch + 1)
+        if run.ranks.main:
+            save_model(run.model, replace(run.meta, stages=tuple(sorted(stage_done))), run.output,
+                       overwrite=run.replace_output)
+            run.replace_output = True
+    if run.ranks.main:
+        _save_checkpoint(run, st.optimizer if not last else None,
+                         done=stage_done if last else run.done,
+                         pos=_Position(st.index + 1, 0) if last else _Position(st.index, epoch + 1))
+
+
+def _with_stage(done: tuple[int, ...], stage: int) -> tuple[int, ...]:
+    return done + ((stage,) if stage not in done else ())
 
 
 def _format_record(r: dict) -> str:
@@ -635,8 +656,6 @@ _RESUMABLE = ("max_minutes", "threads", "device", "prefetch", "backbone_weights"
 
 def _run_options(options: TrainOptions) -> dict:
     """The settings that shape a run, as JSON values (what a checkpoint records)."""
-    from dataclasses import asdict
-
     d = {k: v for k, v in asdict(options).items() if k not in _RESUMABLE}
     return json.loads(json.dumps(d, sort_keys=True))
 
@@ -657,20 +676,24 @@ def _check_resume(path: Path, state: dict, options: TrainOptions) -> None:
                          f"{', '.join(map(str, state['done']))}); nothing to resume")
 
 
-def _save_checkpoint(path, options, meta, model, optimizer, history, best, done, pos, stage_best,
-                     rng, elapsed):
+def _save_checkpoint(run: _Run, optimizer, done: tuple[int, ...], pos: _Position) -> None:
+    """Write the run's checkpoint: ``optimizer`` (None at the end of a stage), ``done`` and
+    ``pos`` as they will be once the current epoch is over."""
+    elapsed = run.elapsed()
+    model = run.model
     payload = {
-        "format": CHECKPOINT_FORMAT, "version": 1, "meta": meta.to_json(),
-        "options": json.dumps(_run_options(options)),
+        "format": CHECKPOINT_FORMAT, "version": 1, "meta": run.meta.to_json(),
+        "options": json.dumps(_run_options(run.options)),
         "model": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
         "has_context": model.has_context_branch,
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
-        "history": json.dumps(history), "best": json.dumps(best), "done": list(done),
-        "pos": json.dumps(pos), "stage_best_miou": float(stage_best["miou"]),
-        "stage_best_state": stage_best["state"], "rng": json.dumps(rng.bit_generator.state),
-        "torch_rng": torch.get_rng_state(), "elapsed": float(elapsed),
+        "history": json.dumps(run.history), "best": json.dumps(asdict(run.best)),
+        "done": list(done), "pos": json.dumps(asdict(pos)),
+        "stage_best_miou": float(run.stage_best.miou), "stage_best_state": run.stage_best.state,
+        "rng": json.dumps(run.rng.bit_generator.state), "torch_rng": torch.get_rng_state(),
+        "elapsed": float(elapsed),
     }
-    with atomic_output(path, overwrite=True) as tmp:
+    with atomic_output(run.ckpt_path, overwrite=True) as tmp:
         torch.save(payload, tmp)
 
 

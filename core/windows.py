@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import GlnetError
+from .errors import GlnetError, OptionError
 from .patches import axis_starts
 
 
@@ -98,7 +98,7 @@ class AxisPlan:
         # Ramps must not touch each other: each window keeps a solo part (>= 0 px).
         for (s0, w0), (s1, _) in zip(ramps, ramps[1:]):
             if s0 + w0 > s1:
-                raise ValueError("blend ramps overlap; use a smaller overlap or blend width")
+                raise OptionError("blend ramps overlap; use a smaller overlap or blend width")
         segments: list[Segment] = []
         lo = 0
         for k, (start, width) in enumerate(ramps):
@@ -168,12 +168,12 @@ class WindowGrid:
     @classmethod
     def build(cls, height: int, width: int, window: int, overlap: int, blend: int) -> WindowGrid:
         if window < 1:
-            raise ValueError(f"window size must be positive, got {window}")
+            raise OptionError(f"window size must be positive, got {window}")
         if not 0 <= overlap <= window // 2:
-            raise ValueError(f"window overlap must be between 0 and half the window "
+            raise OptionError(f"window overlap must be between 0 and half the window "
                              f"({window // 2} px), got {overlap}")
         if blend < 1:
-            raise ValueError(f"blend width must be at least 1 px, got {blend}")
+            raise OptionError(f"blend width must be at least 1 px, got {blend}")
         return cls(AxisPlan.build(height, window, overlap, blend),
                    AxisPlan.build(width, window, overlap, blend))
 
@@ -186,11 +186,6 @@ class WindowGrid:
             for c, left in enumerate(self.cols.starts):
                 yield Window(n, r, c, top, left, self.rows.length, self.cols.length)
                 n += 1
-
-    @property
-    def processed_pixels(self) -> int:
-        """Pixels read and predicted, overlaps counted as often as they are seen."""
-        return len(self) * self.rows.length * self.cols.length
 
     def weights(self, w: Window) -> tuple[np.ndarray, np.ndarray]:
         """Row and column blending weights over the whole window (separable)."""

@@ -62,6 +62,17 @@ def join(values):
     return ",".join(str(v) for v in values)
 
 
+def engine_defaults(name):
+    """The engine's options class ``name`` (``glnet.config.SegmentOptions``, ...).
+
+    Its class attributes are the defaults the engine uses; they are read here
+    without torch (``engine_loader``), so that the dialogs offer the same ones.
+    """
+    from .engine_loader import import_engine
+
+    return getattr(import_engine().config, name)
+
+
 class GlnetAlgorithm(QgsProcessingAlgorithm):
     """Base of the algorithms that run the engine's CLI in the worker."""
 

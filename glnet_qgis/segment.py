@@ -23,6 +23,7 @@ from .algorithm import (
     VECTOR_EXTENSIONS,
     GlnetAlgorithm,
     advanced,
+    engine_defaults,
     int_list,
     join,
 )
@@ -108,6 +109,7 @@ class SegmentAlgorithm(GlnetAlgorithm):
         )
 
     def initAlgorithm(self, config=None):
+        defaults = engine_defaults("SegmentOptions")
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Input raster")))
         self.addParameter(QgsProcessingParameterString(
             self.BANDS, self.tr("Bands, in the model's order, e.g. 1,2,3 or 1,1,1 (empty: all)"),
@@ -121,12 +123,13 @@ class SegmentAlgorithm(GlnetAlgorithm):
             self.AOI, self.tr("Area of interest (pixels outside are nodata)"),
             [QgsProcessing.TypeVectorPolygon], optional=True))
         self.addParameter(QgsProcessingParameterEnum(
-            self.DEVICE, self.tr("Device"), options=list(DEVICES), defaultValue=0))
+            self.DEVICE, self.tr("Device"), options=list(DEVICES),
+            defaultValue=DEVICES.index(defaults.device)))
         self.addParameter(QgsProcessingParameterEnum(
             self.PRECISION, self.tr("Precision"),
             options=[self.tr("Automatic: bf16 where native, else fp32"), self.tr("fp32"),
                      self.tr("bf16")],
-            defaultValue=PRECISIONS.index("auto")))  # the engine's DEFAULT_PRECISION
+            defaultValue=PRECISIONS.index(defaults.precision)))
 
         self.addParameter(advanced(QgsProcessingParameterNumber(
             self.WINDOW, self.tr("Context window in pixels (empty: the model's)"),
@@ -136,44 +139,45 @@ class SegmentAlgorithm(GlnetAlgorithm):
             QgsProcessingParameterNumber.Integer, optional=True, minValue=0)))
         self.addParameter(advanced(QgsProcessingParameterNumber(
             self.BLEND, self.tr("Blending width between windows in pixels"),
-            QgsProcessingParameterNumber.Integer, defaultValue=128, minValue=1)))
+            QgsProcessingParameterNumber.Integer, defaultValue=defaults.blend, minValue=1)))
         self.addParameter(advanced(QgsProcessingParameterNumber(
             self.BATCH, self.tr("Patches per forward pass (batch)"),
-            QgsProcessingParameterNumber.Integer, defaultValue=1, minValue=1)))
+            QgsProcessingParameterNumber.Integer, defaultValue=defaults.sub_batch, minValue=1)))
         self.addParameter(advanced(QgsProcessingParameterEnum(
             self.MODE, self.tr("Branches"),
             options=[self.tr("the fullest the model supports"), self.tr("1: global only"),
                      self.tr("2: global to local"), self.tr("3: also local to global")],
-            defaultValue=0)))
+            defaultValue=MODES.index(defaults.mode))))
         self.addParameter(advanced(QgsProcessingParameterEnum(
             self.REFINE, self.tr("Coarse to fine: patches refined by the local branch"),
             options=[self.tr("all"), self.tr("confidence: where the global branch is unsure"),
                      self.tr("bbox: around non-background classes"),
                      self.tr("bbox and confidence")],
-            defaultValue=0)))
+            defaultValue=REFINE.index(defaults.refine))))
         self.addParameter(advanced(QgsProcessingParameterNumber(
             self.REFINE_THRESHOLD, self.tr("Coarse-to-fine confidence threshold"),
-            QgsProcessingParameterNumber.Double, defaultValue=0.9, minValue=0.0, maxValue=1.0)))
+            QgsProcessingParameterNumber.Double, defaultValue=defaults.confidence, minValue=0.0,
+            maxValue=1.0)))
         self.addParameter(advanced(QgsProcessingParameterNumber(
             self.THREADS, self.tr("CPU threads (empty: all)"), QgsProcessingParameterNumber.Integer,
             optional=True, minValue=1)))
         self.addParameter(advanced(QgsProcessingParameterBoolean(
             self.RESAMPLE, self.tr("Resample to the model's resolution when it differs"),
-            defaultValue=True)))
+            defaultValue=defaults.resample)))
         self.addParameter(advanced(QgsProcessingParameterNumber(
             self.RESOLUTION, self.tr("Resample to this resolution in metres (empty: the model's)"),
             QgsProcessingParameterNumber.Double, optional=True, minValue=0.0)))
         self.addParameter(advanced(QgsProcessingParameterBoolean(
             self.FORCE_RESAMPLE, self.tr("Resample even by more than 4x (slow)"),
-            defaultValue=False)))
+            defaultValue=defaults.force_resample)))
         self.addParameter(advanced(QgsProcessingParameterBoolean(
-            self.OVERVIEWS, self.tr("Build overviews"), defaultValue=True)))
+            self.OVERVIEWS, self.tr("Build overviews"), defaultValue=defaults.overviews)))
         self.addParameter(advanced(QgsProcessingParameterBoolean(
-            self.RESUME, self.tr("Resume a stopped run"), defaultValue=False)))
+            self.RESUME, self.tr("Resume a stopped run"), defaultValue=defaults.resume)))
         self.addParameter(advanced(QgsProcessingParameterEnum(
             self.PROBABILITY_KIND, self.tr("Probabilities"),
             options=[self.tr("one band per class"), self.tr("the winning class's only")],
-            defaultValue=0)))
+            defaultValue=PROBABILITY_KINDS.index(defaults.probability_kind))))
 
         self.addParameter(QgsProcessingParameterRasterDestination(
             self.OUTPUT, self.tr("Land-cover mask")))

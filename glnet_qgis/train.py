@@ -17,10 +17,10 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
-from .algorithm import GlnetAlgorithm, advanced, float_list, int_list, join
+from .algorithm import GlnetAlgorithm, advanced, engine_defaults, float_list, int_list, join
 from .segment import DEVICES
 
-# The engine's presets (glnet.config.PRESETS), the default first.
+# The engine's presets (glnet.config.PRESETS), in the order of the "Network preset" choices.
 PRESETS = ("fast", "lite", "official")
 UNLABELLED = ("background", "ignore")
 
@@ -89,6 +89,7 @@ class TrainAlgorithm(GlnetAlgorithm):
         )
 
     def initAlgorithm(self, config=None):
+        defaults = engine_defaults("TrainOptions")
         self.addParameter(QgsProcessingParameterMultipleLayers(
             self.INPUT, self.tr("Image rasters"), QgsProcessing.TypeRaster))
         self.addParameter(QgsProcessingParameterMultipleLayers(
@@ -113,7 +114,8 @@ class TrainAlgorithm(GlnetAlgorithm):
         self.addParameter(advanced(QgsProcessingParameterString(
             self.BANDS, self.tr("Image bands to use, e.g. 1,2,3 (empty: all)"), optional=True)))
         self.addParameter(advanced(QgsProcessingParameterEnum(
-            self.PRESET, self.tr("Network preset"), options=list(PRESETS), defaultValue=0)))
+            self.PRESET, self.tr("Network preset"), options=list(PRESETS),
+            defaultValue=PRESETS.index(defaults.preset))))
         for key, label in ((self.WINDOW, "Window size in pixels (empty: the preset's)"),
                            (self.PATCH, "Patch size in pixels (empty: the preset's)"),
                            (self.GLOBAL_SIZE, "Global image size in pixels (empty: the preset's)"),
@@ -122,7 +124,7 @@ class TrainAlgorithm(GlnetAlgorithm):
                 key, self.tr(label), QgsProcessingParameterNumber.Integer, optional=True,
                 minValue=1)))
         self.addParameter(advanced(QgsProcessingParameterString(
-            self.STAGES, self.tr("Stages to run"), defaultValue="1,2,3")))
+            self.STAGES, self.tr("Stages to run"), defaultValue=join(defaults.stages))))
         self.addParameter(advanced(QgsProcessingParameterString(
             self.EPOCHS, self.tr("Epochs per stage, e.g. 20,20,10 (empty: the defaults)"),
             optional=True)))
@@ -138,21 +140,24 @@ class TrainAlgorithm(GlnetAlgorithm):
             QgsProcessingParameterNumber.Double, optional=True, minValue=0.01)))
         self.addParameter(advanced(QgsProcessingParameterNumber(
             self.VAL_FRACTION, self.tr("Validation fraction (right-hand share of each image)"),
-            QgsProcessingParameterNumber.Double, defaultValue=0.2, minValue=0.0, maxValue=0.9)))
+            QgsProcessingParameterNumber.Double, defaultValue=defaults.val_fraction, minValue=0.0,
+            maxValue=0.9)))
         self.addParameter(advanced(QgsProcessingParameterBoolean(
-            self.BALANCE, self.tr("Favour windows with rare classes"), defaultValue=False)))
+            self.BALANCE, self.tr("Favour windows with rare classes"),
+            defaultValue=defaults.balance)))
         self.addParameter(advanced(QgsProcessingParameterFile(
             self.BACKBONE_WEIGHTS, self.tr("ImageNet weights of the ResNet backbone (.pth)"),
             QgsProcessingParameterFile.File, optional=True,
             fileFilter="PyTorch weights (*.pth *.pt);;All files (*)")))
         self.addParameter(advanced(QgsProcessingParameterNumber(
             self.SEED, self.tr("Random seed"), QgsProcessingParameterNumber.Integer,
-            defaultValue=0, minValue=0)))
+            defaultValue=defaults.seed, minValue=0)))
         self.addParameter(advanced(QgsProcessingParameterNumber(
             self.THREADS, self.tr("CPU threads (empty: all)"), QgsProcessingParameterNumber.Integer,
             optional=True, minValue=1)))
         self.addParameter(advanced(QgsProcessingParameterEnum(
-            self.DEVICE, self.tr("Device"), options=list(DEVICES), defaultValue=0)))
+            self.DEVICE, self.tr("Device"), options=list(DEVICES),
+            defaultValue=DEVICES.index(defaults.device))))
         self.addParameter(advanced(QgsProcessingParameterBoolean(
             self.RESUME, self.tr("Resume from the checkpoint beside the output"),
             defaultValue=False)))

@@ -9,7 +9,7 @@ from qgis.core import (
 )
 
 from . import styles
-from .algorithm import GlnetAlgorithm, advanced, int_list, join
+from .algorithm import GlnetAlgorithm, advanced, engine_defaults, int_list, join
 
 
 class VectorizeAlgorithm(GlnetAlgorithm):
@@ -47,6 +47,7 @@ class VectorizeAlgorithm(GlnetAlgorithm):
         )
 
     def initAlgorithm(self, config=None):
+        defaults = engine_defaults("VectorizeOptions")
         self.addParameter(QgsProcessingParameterRasterLayer(
             self.INPUT, self.tr("Land-cover mask")))
         self.addParameter(QgsProcessingParameterNumber(
@@ -58,10 +59,11 @@ class VectorizeAlgorithm(GlnetAlgorithm):
             QgsProcessingParameterNumber.Integer, optional=True, minValue=0)))
         self.addParameter(QgsProcessingParameterNumber(
             self.SIMPLIFY, self.tr("Simplification tolerance in metres (0: pixel outlines)"),
-            QgsProcessingParameterNumber.Double, defaultValue=0.0, minValue=0.0))
+            QgsProcessingParameterNumber.Double, defaultValue=defaults.simplify, minValue=0.0))
         self.addParameter(advanced(QgsProcessingParameterNumber(
             self.SMOOTH, self.tr("Smoothing iterations (0 to 5)"),
-            QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0, maxValue=5)))
+            QgsProcessingParameterNumber.Integer, defaultValue=defaults.smooth, minValue=0,
+            maxValue=5)))
         self.addParameter(QgsProcessingParameterString(
             self.CLASSES, self.tr("Classes to keep, e.g. 1,2 (empty: all)"), optional=True))
         self.addParameter(QgsProcessingParameterVectorDestination(
