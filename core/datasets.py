@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import GlnetError
+from .ground import ground_pixel_size
 from .labels import (
     IGNORE,
     AreaOfInterest,
@@ -95,12 +96,18 @@ class TrainingScene:
 
     @property
     def resolution(self) -> float | None:
-        """Metres per pixel, when the CRS is projected (None otherwise)."""
+        """Metres per pixel along x, when the CRS is projected (None otherwise).
+
+        Not for a geographic CRS: its pixels are not square on the ground away
+        from the equator, and a model's one resolution would then have
+        ``segment`` resample its own training scenes along y.
+        """
         crs = self.ds.crs
         if crs is None or not crs.is_projected:
             return None
-        factor = crs.linear_units_factor[1] if crs.linear_units_factor else 1.0
-        return float(abs(self.ds.transform.a) * factor)
+        size = ground_pixel_size(crs, self.ds.transform, self.ds.width, self.ds.height)
+        return None if size is None else float(size[0])
+
 
     def read(self, window, num_classes: int | None = None):
         """``(image (bands, h, w), labels (h, w) int64, valid (h, w) bool)`` of ``window``.

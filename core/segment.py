@@ -60,6 +60,7 @@ from .files import (
     remove_stale,
     work_folder,
 )
+from .ground import ground_pixel_size
 from .modelfile import ModelMeta, read_metadata
 from .precision import DEFAULT_PRECISION, PRECISIONS, Precision, resolve_precision
 from .windows import Region, Strip, WindowGrid, WindowReader
@@ -322,24 +323,6 @@ def _select_bands(src, requested: tuple[int, ...] | None, meta: ModelMeta,
                      f"choose them in the model's order, e.g. --bands {hint}")
 
 
-def ground_resolution(src) -> tuple[float, float] | None:
-    """Metres per pixel along x and y, or None without a CRS."""
-    if src.crs is None:
-        return None
-    t = src.transform
-    px, py = math.hypot(t.a, t.d), math.hypot(t.b, t.e)
-    if src.crs.is_geographic:
-        # Degrees: metres per degree on the mean sphere at the scene's centre.
-        lat = (t @ (src.width / 2, src.height / 2))[1]
-        m = 6371008.8 * math.pi / 180
-        return px * m * math.cos(math.radians(max(-89.9, min(89.9, lat)))), py * m
-    try:
-        factor = src.crs.linear_units_factor[1]
-    except Exception:
-        return None
-    return px * factor, py * factor
-
-
 def _pixel_bounds(transform, xmin, ymin, xmax, ymax) -> tuple[float, float, float, float]:
     """Rows and columns (fractional) spanned by a box in map coordinates."""
     inv = ~transform
@@ -432,7 +415,7 @@ def _plan(src, scene: str | Path, meta: ModelMeta, opts: SegmentOptions) -> _Pla
     out_transform = t @ Affine.translation(region.col_off, region.row_off)
 
     factor = None
-    ground = ground_resolution(src)
+    ground = ground_pixel_size(src.crs, t, src.width, src.height)
     target = opts.resolution or meta.resolution
     whose = "the model's" if opts.resolution is None else "the chosen"
     if target and ground and opts.resample:
