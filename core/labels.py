@@ -13,7 +13,7 @@ Three kinds of source, one interface (``read(window) -> uint8 class indices``,
     colour-coded masks (DeepGlobe's ``*_mask.png``, Dubai's RGB or paletted PNGs)
     mapped to classes.
 
-An optional area of interest marks everything outside its polygons unlabelled.
+Areas of interest are ``aoi``'s.
 """
 
 from __future__ import annotations
@@ -314,35 +314,3 @@ class ColorLabels:
             return self.palette[index]
         rgb = self.ds.read((1, 2, 3), window=window, out_shape=(3, *out_shape) if out_shape else None)
         return self._classify(rgb)
-
-
-class AreaOfInterest:
-    """Polygons outside which labels are ignored."""
-
-    def __init__(self, path: str | Path, image) -> None:
-        import fiona
-        from rasterio.warp import transform_geom
-        from shapely.geometry import shape
-
-        self.path = Path(path)
-        try:
-            with fiona.open(self.path) as src:
-                crs = src.crs_wkt or None
-                geoms = [f["geometry"] for f in src if f["geometry"]]
-        except fiona.errors.DriverError as exc:
-            raise GlnetError(f"{self.path}: not a vector file fiona can read ({exc})") from None
-        if crs and image.crs and not _same_crs(crs, image.crs):
-            geoms = [transform_geom(crs, image.crs, g) for g in geoms]
-        if not geoms:
-            raise GlnetError(f"{self.path}: area of interest has no polygons")
-        self.geoms = [shape(g) for g in geoms]
-        self.image = image
-
-    def mask(self, window, out_shape=None) -> np.ndarray:
-        from rasterio import features, windows
-
-        h, w = out_shape or (int(window.height), int(window.width))
-        transform = windows.transform(window, self.image.transform)
-        if out_shape:
-            transform = transform * transform.scale(window.width / w, window.height / h)
-        return features.geometry_mask(self.geoms, out_shape=(h, w), transform=transform, invert=True)

@@ -51,6 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .aoi import AreaOfInterest, read_aoi
 from .errors import Cancelled, GlnetError, OptionError
 from .files import (
     atomic_output,
@@ -344,45 +345,6 @@ def _intersect(region: Region, rows_cols: tuple[float, float, float, float]) -> 
     return Region(top, left, bottom - top, right - left)
 
 
-def _read_aoi(path: Path, layer: str | None, scene_crs, warnings: list[str]) -> list:
-    import fiona
-    from rasterio.warp import transform_geom
-    from shapely.geometry import mapping, shape
-
-    if not Path(path).exists():
-        raise GlnetError(f"{path}: area-of-interest file not found")
-    try:
-        with fiona.open(path, layer=layer) as src:
-            crs = src.crs
-            geoms = [shape(f.geometry) for f in src if f.geometry is not None]
-    except Exception as exc:  # fiona raises several types for unreadable files
-        raise GlnetError(f"{path}: cannot read areas of interest ({exc})") from None
-    geoms = [g for g in geoms if g.geom_type in ("Polygon", "MultiPolygon") and not g.is_empty]
-    if not geoms:
-        raise GlnetError(f"{path}: no polygons to use as areas of interest")
-    if crs and scene_crs is not None:
-        from rasterio.crs import CRS
-
-        vcrs = CRS.from_user_input(crs)
-        if vcrs.is_geographic:
-            x0, y0, x1, y1 = (f(v) for f, v in zip((min, min, max, max),
-                                                   zip(*(g.bounds for g in geoms))))
-            if not (-360 <= x0 and x1 <= 360 and -90 <= y0 and y1 <= 90):
-                raise GlnetError(f"{path}: coordinates up to {max(abs(x0), abs(x1), abs(y0), abs(y1)):.6g} "
-                                 f"are not degrees of its CRS {vcrs.to_string()} (GeoJSON without "
-                                 "a CRS is WGS 84): give the file its CRS (ogr2ogr -a_srs)")
-        if vcrs != scene_crs:
-            try:
-                geoms = [shape(transform_geom(vcrs, scene_crs, mapping(g))) for g in geoms]
-            except Exception as exc:  # PROJ errors come as several types
-                raise GlnetError(f"{path}: cannot transform the areas of interest to the "
-                                 f"scene's CRS ({exc})") from None
-    elif crs and scene_crs is None:
-        warnings.append("the scene has no CRS; area-of-interest coordinates taken as pixels' map "
-                        "coordinates")
-    return [g.buffer(0) if not g.is_valid else g for g in geoms]
-
-
 def _plan(src, scene: str | Path, meta: ModelMeta, opts: SegmentOptions) -> _Plan:
     from affine import Affine
 
@@ -406,7 +368,7 @@ def _plan(src, scene: str | Path, meta: ModelMeta, opts: SegmentOptions) -> _Pla
                              f"overlap the scene {_name(scene)}")
     aoi = None
     if opts.aoi is not None:
-        aoi = _read_aoi(Path(opts.aoi), opts.aoi_layer, src.crs, warnings)
+        aoi = read_aoi(Path(opts.aoi), src.crs, opts.aoi_layer, warnings)
         xs0, ys0, xs1, ys1 = zip(*(g.bounds for g in aoi))
         region = _intersect(region, _pixel_bounds(t, min(xs0), min(ys0), max(xs1), max(ys1)))
         if region is None:
@@ -453,32 +415,18 @@ def _aoi_functions(plan: _Plan):
     if plan.aoi is None:
         return None, None
     from affine import Affine
-    from rasterio.features import rasterize
-    from shapely import STRtree
-    from shapely.geometry import Polygon
 
-    tree = STRtree(plan.aoi)
+    aoi = AreaOfInterest(plan.aoi)
     base = plan.work_transform
 
-    def footprint(w):
-        wt = base @ Affine.translation(w.left, w.top)
-        return wt, Polygon([wt @ (0, 0), wt @ (w.width, 0), wt @ (w.width, w.height),
-                            wt @ (0, w.height)])
-
     def skip(w) -> bool:
-        _, poly = footprint(w)
-        return len(tree.query(poly, predicate="intersects")) == 0
+        return not aoi.touches(base @ Affine.translation(w.left, w.top), (w.height, w.width))
 
     def mask(w) -> np.ndarray:
-        wt, poly = footprint(w)
-        shapes = [plan.aoi[i] for i in tree.query(poly, predicate="intersects")]
-        if not shapes:
-            return np.zeros((w.height, w.width), dtype=bool)
         # On a resampled work grid, keep every cell the polygons touch: the exact
         # outline is applied again on the scene's own grid.
-        return rasterize(shapes, out_shape=(w.height, w.width), transform=wt, fill=0,
-                         default_value=1, dtype="uint8",
-                         all_touched=plan.resample is not None).astype(bool)
+        return aoi.mask(base @ Affine.translation(w.left, w.top), (w.height, w.width),
+                        all_touched=plan.resample is not None)
 
     return mask, skip
 
@@ -1264,13 +1212,13 @@ def _resample_back(scene, plan: _Plan, mask_work, mask_tiled, prob_work, prob_ti
     import rasterio
     from affine import Affine
     from rasterio.enums import Resampling
-    from rasterio.features import rasterize
     from rasterio.vrt import WarpedVRT
     from rasterio.windows import Window
 
     from .masks import NODATA, MaskWriter
 
     region = plan.region
+    aoi = AreaOfInterest(plan.aoi) if plan.aoi is not None else None
     counts = np.zeros(meta.net.num_classes, dtype=np.int64)
     with rasterio.open(scene) as src, rasterio.open(mask_work) as mw, ExitStack() as stack:
         crs = src.crs
@@ -1297,10 +1245,8 @@ def _resample_back(scene, plan: _Plan, mask_work, mask_tiled, prob_work, prob_ti
                 valid = (src.read_masks(plan.bands, window=Window(
                     region.col_off + left, region.row_off + top, w, h)) > 0).any(axis=0)
                 valid &= labels != NODATA
-                if plan.aoi is not None:
-                    wt = plan.out_transform @ Affine.translation(left, top)
-                    valid &= rasterize(plan.aoi, out_shape=(h, w), transform=wt, fill=0,
-                                       default_value=1, dtype="uint8").astype(bool)
+                if aoi is not None:
+                    valid &= aoi.mask(plan.out_transform @ Affine.translation(left, top), (h, w))
                 labels[~valid] = NODATA
                 counts += np.bincount(labels[valid], minlength=len(counts))[:len(counts)]
                 writer.mask.write(labels[None], window=win)
