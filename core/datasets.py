@@ -19,10 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .aoi import AoiWording, AreaOfInterest, read_aoi
 from .errors import GlnetError
+from .ground import ground_pixel_size, window_transform
 from .labels import (
     IGNORE,
-    AreaOfInterest,
     ColorLabels,
     RasterLabels,
     VectorLabels,
@@ -44,6 +45,10 @@ DUBAI_CLASSES = (
     ("building", (60, 16, 152)), ("land", (132, 41, 246)), ("road", (110, 193, 228)),
     ("vegetation", (254, 221, 58)), ("water", (226, 169, 41)), ("unlabeled", (155, 155, 155)),
 )
+
+# Training's words for an unreadable or empty area of interest (segment has its own).
+AOI_WORDING = AoiWording(not_found=None, unreadable="{path}: not a vector file fiona can read ({exc})",
+                         empty="{path}: area of interest has no polygons")
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,7 @@ class TrainingScene:
         self._name = name
         self.ds = _open_raster(self.path)
         self.labels = labels(self.ds) if callable(labels) else labels
-        self.aoi = AreaOfInterest(aoi, self.ds) if aoi else None
+        self.aoi = AreaOfInterest(read_aoi(aoi, self.ds.crs, wording=AOI_WORDING)) if aoi else None
         self.bands = tuple(bands) if bands else tuple(range(1, self.ds.count + 1))
         if max(self.bands) > self.ds.count or min(self.bands) < 1:
             raise GlnetError(f"{self.path}: has {self.ds.count} bands, cannot use bands {list(self.bands)}")
@@ -95,12 +100,17 @@ class TrainingScene:
 
     @property
     def resolution(self) -> float | None:
-        """Metres per pixel, when the CRS is projected (None otherwise)."""
+        """Metres per pixel along x, when the CRS is projected (None otherwise).
+
+        Not for a geographic CRS: its pixels are not square on the ground away
+        from the equator, and a model's one resolution would then have
+        ``segment`` resample its own training scenes along y.
+        """
         crs = self.ds.crs
         if crs is None or not crs.is_projected:
             return None
-        factor = crs.linear_units_factor[1] if crs.linear_units_factor else 1.0
-        return float(abs(self.ds.transform.a) * factor)
+        size = ground_pixel_size(crs, self.ds.transform, self.ds.width, self.ds.height)
+        return None if size is None else float(size[0])
 
     def read(self, window, num_classes: int | None = None):
         """``(image (bands, h, w), labels (h, w) int64, valid (h, w) bool)`` of ``window``.
@@ -124,7 +134,8 @@ class TrainingScene:
         labels = self.labels.read(window)
         labels[~valid] = IGNORE
         if self.aoi is not None:
-            labels[~self.aoi.mask(window)] = IGNORE
+            transform = window_transform(self.ds.transform, window.col_off, window.row_off)
+            labels[~self.aoi.mask(transform, labels.shape)] = IGNORE
         if num_classes is not None:
             bad = (labels != IGNORE) & ((labels < 0) | (labels >= num_classes))
             if bad.any():

@@ -16,13 +16,15 @@ either
   Pixels outside every polygon are not counted, or count as ``background``.
 
 Pixels that are nodata in the prediction are not counted either. Memory stays
-bounded by the block size (and the reference polygons).
+bounded by the block size (and the reference polygons). Both kinds of
+reference are read by training's readers (``labels.RasterLabels``,
+``labels.VectorLabels``) with evaluation's rules (a CRS on one side only is an
+error; field values are the prediction's classes) and in its words.
 """
 
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,14 +32,14 @@ from pathlib import Path
 import numpy as np
 
 from .errors import GlnetError
+from .ground import describe_crs
+from .labels import IGNORE, RasterLabels, RasterWording, VectorLabels, VectorWording, _exists
+from .labels import _open_raster as open_raster
 from .metrics import ConfusionMatrix
 
 NODATA = 255
 MAX_CLASSES = 255
 VECTOR_DEFAULT_FIELDS = ("class_id", "class_name")
-# Polygons with more vertices than this are clipped to each block before
-# rasterising (GDAL's scanline fill walks all edges for every row).
-_CLIP_VERTICES = 2000
 
 
 @dataclass
@@ -73,29 +75,24 @@ class Evaluation:
 # --------------------------------------------------------------------------- opening
 
 
-def _exists(path: Path) -> bool:
-    return str(path).startswith("/vsi") or path.exists()
-
-
 def _open_raster(path: Path):
     """A rasterio dataset, or None if GDAL cannot open ``path`` as a raster."""
-    import rasterio
-    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
-
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            return rasterio.open(path)
-    except RasterioIOError:
+        return open_raster(path)
+    except GlnetError:
         return None
+
+
+_BANDS = ("{path}: a {role} must be one band of class values, got {count} bands "
+          "(an RGB colour mask? convert it to class values first)")
+_DTYPE = "{path}: a {role} must hold integer class values, got {dtype}"
 
 
 def _class_raster(ds, path: Path, role: str) -> None:
     if ds.count != 1:
-        raise GlnetError(f"{path}: a {role} must be one band of class values, got {ds.count} bands "
-                         "(an RGB colour mask? convert it to class values first)")
+        raise GlnetError(_BANDS.format(path=path, role=role, count=ds.count))
     if np.dtype(ds.dtypes[0]).kind not in "iu":
-        raise GlnetError(f"{path}: a {role} must hold integer class values, got {ds.dtypes[0]}")
+        raise GlnetError(_DTYPE.format(path=path, role=role, dtype=ds.dtypes[0]))
 
 
 def _tag_classes(ds, path: Path) -> list | None:
@@ -107,183 +104,82 @@ def _tag_classes(ds, path: Path) -> list | None:
         raise GlnetError(f"{path}: its GLNET_CLASSES tag is not a valid class list") from None
 
 
-def _overlaps(a, b) -> bool:
-    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
-
-
-def _describe_crs(crs) -> str:
-    if crs is None:
-        return "no CRS"
-    epsg = crs.to_epsg()
-    return f"EPSG:{epsg}" if epsg else "a custom CRS"
-
-
 # --------------------------------------------------------------------------- references
 
+# The reference readers are training's (``labels``), in evaluation's words.
+_RASTER_WORDING = RasterWording(
+    bands=_BANDS.replace("{role}", "reference raster"),
+    dtype=_DTYPE.replace("{role}", "reference raster"),
+    sizes=("{path}: neither it nor {grid} is georeferenced, and their sizes differ "
+           "({width} x {height} and {grid_width} x {grid_height})"),
+    no_crs="{missing}: has no CRS, so the reference cannot be placed on the prediction's grid",
+    no_overlap=("{path}: does not overlap the prediction {grid} (reference {crs}, prediction "
+                "{grid_crs})"))
+_VECTOR_WORDING = VectorWording(
+    unreadable="{path}: neither a raster nor a vector file GDAL can read ({exc})",
+    no_field="{path}: no field {field!r}; its fields are: {fields}",
+    not_polygon="{path}: reference features must be polygons, found a {type}",
+    empty="{path}: no polygons with a class in layer {layer!r}",
+    no_overlap="{path}: the polygons do not overlap the prediction {grid}")
+_RASTER_KINDS = {"same grid": "raster on the same grid",
+                 "pixel for pixel": "raster, ungeoreferenced, pixel for pixel",
+                 "warped": "raster, warped onto the prediction's grid (nearest neighbour)"}
 
-class _RasterReference:
+
+def _raster_reference(ds, path: Path, pred, pred_path: Path) -> RasterLabels:
     """A reference class raster seen through the prediction's grid."""
-
-    def __init__(self, ds, path: Path, pred, pred_path: Path) -> None:
-        from rasterio.enums import Resampling
-        from rasterio.vrt import WarpedVRT
-
-        _class_raster(ds, path, "reference raster")
-        self.ds = ds
-        self.nodata = ds.nodata
-        same = ds.crs == pred.crs and ds.transform == pred.transform and ds.shape == pred.shape
-        if same:
-            self.view, self.kind = ds, "raster on the same grid"
-        elif ds.crs is None and pred.crs is None:
-            if ds.shape != pred.shape:
-                raise GlnetError(f"{path}: neither it nor {pred_path} is georeferenced, and their "
-                                 f"sizes differ ({ds.width} x {ds.height} and "
-                                 f"{pred.width} x {pred.height})")
-            self.view, self.kind = ds, "raster, ungeoreferenced, pixel for pixel"
-        elif ds.crs is None or pred.crs is None:
-            missing = path if ds.crs is None else pred_path
-            raise GlnetError(f"{missing}: has no CRS, so the reference cannot be placed on the "
-                             "prediction's grid")
-        else:
-            from rasterio.warp import transform_bounds
-
-            bounds = transform_bounds(ds.crs, pred.crs, *ds.bounds, densify_pts=21)
-            if not _overlaps(bounds, tuple(pred.bounds)):
-                raise GlnetError(f"{path}: does not overlap the prediction {pred_path} "
-                                 f"(reference {_describe_crs(ds.crs)}, prediction "
-                                 f"{_describe_crs(pred.crs)})")
-            self.nodata = ds.nodata if ds.nodata is not None else NODATA
-            self.view = WarpedVRT(ds, crs=pred.crs, transform=pred.transform, width=pred.width,
-                                  height=pred.height, resampling=Resampling.nearest,
-                                  src_nodata=ds.nodata, nodata=self.nodata)
-            self.kind = "raster, warped onto the prediction's grid (nearest neighbour)"
-
-    def read(self, window) -> tuple[np.ndarray, np.ndarray]:
-        a = self.view.read(1, window=window)
-        valid = a != NODATA
-        if self.nodata is not None:
-            valid &= a != self.nodata
-        return a, valid
-
-    def close(self) -> None:
-        if self.view is not self.ds:
-            self.view.close()
-        self.ds.close()
+    return RasterLabels(path, pred, ds=ds, grid_name=pred_path, without_crs="error",
+                        tag_classes=False, wording=_RASTER_WORDING)
 
 
-class _VectorReference:
-    """Reference polygons rasterised per block onto the prediction's grid."""
-
-    def __init__(self, path: Path, pred, pred_path: Path, classes: Sequence | None,
-                 ref_field: str | None, layer: str | None, background: int | None,
-                 notes: list[str]) -> None:
-        import fiona
-        import shapely
-        from rasterio.warp import transform_geom
-        from shapely.geometry import shape
-
-        try:
-            layers = fiona.listlayers(path)
-        except Exception as exc:  # fiona raises DriverError and friends
-            raise GlnetError(f"{path}: neither a raster nor a vector file GDAL can read "
-                             f"({exc})") from None
-        if layer is None:
-            if len(layers) != 1:
-                raise GlnetError(f"{path}: has {len(layers)} layers ({', '.join(layers)}); "
-                                 "choose one with --ref-layer")
-            layer = layers[0]
-        elif layer not in layers:
-            raise GlnetError(f"{path}: no layer {layer!r}; its layers are: {', '.join(layers)}")
-        with fiona.open(path, layer=layer) as src:
-            fields = list(src.schema["properties"])
-            if ref_field is None:
-                ref_field = next((f for f in VECTOR_DEFAULT_FIELDS if f in fields), None)
-                if ref_field is None:
-                    raise GlnetError(f"{path}: no class field (class_id or class_name); its fields "
-                                     f"are: {', '.join(fields) or '(none)'}; choose one with "
-                                     "--ref-field")
-            elif ref_field not in fields:
-                raise GlnetError(f"{path}: no field {ref_field!r}; its fields are: "
-                                 f"{', '.join(fields) or '(none)'}")
-            src_crs = src.crs_wkt or None
-            records = [(f.geometry, f.properties[ref_field]) for f in src]
-        by_name = {c.name: c.value for c in classes} if classes else {}
-        geoms, values, skipped = [], [], 0
-        for geom, raw in records:
-            if geom is None or raw is None:
-                skipped += 1
-                continue
-            if geom["type"] not in ("Polygon", "MultiPolygon"):
-                raise GlnetError(f"{path}: reference features must be polygons, found a "
-                                 f"{geom['type']}")
-            geoms.append(geom)
-            values.append(_class_value(raw, by_name, classes, path, ref_field))
-        if skipped:
-            notes.append(f"{skipped} reference feature(s) without geometry or class skipped")
-        if not geoms:
-            raise GlnetError(f"{path}: no polygons with a class in layer {layer!r}")
-        if src_crs is None or pred.crs is None:
-            if src_crs is not None or pred.crs is not None:
-                notes.append("one of the inputs has no CRS; the polygons are taken to be in the "
-                             "prediction's coordinates")
-        elif not _same_crs(src_crs, pred.crs):
-            geoms = [transform_geom(src_crs, pred.crs, g) for g in geoms]
-            notes.append(f"polygons reprojected to the prediction's CRS ({_describe_crs(pred.crs)})")
-        self.geoms = np.array([shape(g) for g in geoms], dtype=object)
-        self.values = np.array(values, dtype=np.int64)
-        self.big = shapely.get_num_coordinates(self.geoms) > _CLIP_VERTICES
-        b = shapely.total_bounds(self.geoms)
-        if not _overlaps(tuple(b), tuple(pred.bounds)):
-            raise GlnetError(f"{path}: the polygons do not overlap the prediction {pred_path}")
-        self.tree = shapely.STRtree(self.geoms)
-        self.transform = pred.transform
-        self.fill = NODATA if background is None else background
-        self.kind = (f"polygons, field {ref_field!r}, rasterised onto the prediction's grid"
-                     + (f", outside them class {background}" if background is not None else ""))
-
-    def read(self, window) -> tuple[np.ndarray, np.ndarray]:
-        import shapely
-        from rasterio import features
-        from rasterio.transform import Affine
-
-        h, w = int(window.height), int(window.width)
-        t, c0, r0 = self.transform, int(window.col_off), int(window.row_off)
-        # (Explicit arithmetic: affine 3 deprecates the * operator rasterio.windows uses.)
-        transform = Affine(t.a, t.b, t.c + c0 * t.a + r0 * t.b, t.d, t.e, t.f + c0 * t.d + r0 * t.e)
-        xs = [transform.c + i * transform.a + j * transform.b for i in (0, w) for j in (0, h)]
-        ys = [transform.f + i * transform.d + j * transform.e for i in (0, w) for j in (0, h)]
-        left, bottom, right, top = min(xs), min(ys), max(xs), max(ys)
-        hits = np.sort(self.tree.query(shapely.box(left, bottom, right, top)))
-        if len(hits) == 0:
-            out = np.full((h, w), self.fill, dtype=np.uint8)
-        else:
-            # A margin of two pixels keeps every pixel centre of the block away
-            # from the clipping rectangle, so clipping changes no pixel.
-            mx, my = 2 * abs(transform.a) + 2 * abs(transform.b), 2 * abs(transform.e) + 2 * abs(transform.d)
-            shapes = []
-            for i in hits:
-                g = self.geoms[i]
-                if self.big[i]:
-                    g = shapely.clip_by_rect(g, left - mx, bottom - my, right + mx, top + my)
-                    if g.is_empty:
-                        continue
-                shapes.append((g, int(self.values[i])))
-            out = (features.rasterize(shapes, out_shape=(h, w), transform=transform,
-                                      fill=self.fill, dtype="uint8", all_touched=False)
-                   if shapes else np.full((h, w), self.fill, dtype=np.uint8))
-        return out, out != NODATA
-
-    def close(self) -> None:
-        pass
-
-
-def _same_crs(wkt: str, crs) -> bool:
-    from rasterio.crs import CRS
+def _vector_reference(path: Path, pred, pred_path: Path, classes: Sequence | None,
+                      ref_field: str | None, layer: str | None, background: int | None,
+                      notes: list[str]) -> tuple[VectorLabels, str]:
+    """Reference polygons rasterised per block onto the prediction's grid, and their kind."""
+    import fiona
 
     try:
-        return CRS.from_user_input(wkt) == crs
-    except Exception:
-        return False
+        layers = fiona.listlayers(path)
+    except Exception as exc:  # fiona raises DriverError and friends
+        raise GlnetError(f"{path}: neither a raster nor a vector file GDAL can read "
+                         f"({exc})") from None
+    if layer is None:
+        if len(layers) != 1:
+            raise GlnetError(f"{path}: has {len(layers)} layers ({', '.join(layers)}); "
+                             "choose one with --ref-layer")
+        layer = layers[0]
+    elif layer not in layers:
+        raise GlnetError(f"{path}: no layer {layer!r}; its layers are: {', '.join(layers)}")
+
+    def choose_field(fields: list[str]) -> str:
+        if ref_field is not None:
+            return ref_field  # checked against ``fields`` in the words of _VECTOR_WORDING
+        found = next((f for f in VECTOR_DEFAULT_FIELDS if f in fields), None)
+        if found is None:
+            raise GlnetError(f"{path}: no class field (class_id or class_name); its fields "
+                             f"are: {', '.join(fields) or '(none)'}; choose one with "
+                             "--ref-field")
+        return found
+
+    by_name = {c.name: c.value for c in classes} if classes else {}
+
+    def class_map(values, field):
+        ids = [_class_value(v, by_name, classes, path, field) for v in values]
+        return ids, classes, NODATA if background is None else background
+
+    ref = VectorLabels(path, pred, field=choose_field, layer=layer, class_map=class_map,
+                       skip_unclassed=True, polygons_only=True, grid_name=pred_path,
+                       wording=_VECTOR_WORDING)
+    if ref.skipped:
+        notes.append(f"{ref.skipped} reference feature(s) without geometry or class skipped")
+    if ref.crs_missing:
+        notes.append("one of the inputs has no CRS; the polygons are taken to be in the "
+                     "prediction's coordinates")
+    elif ref.reprojected:
+        notes.append(f"polygons reprojected to the prediction's CRS ({describe_crs(pred.crs)})")
+    kind = (f"polygons, field {ref.field!r}, rasterised onto the prediction's grid"
+            + (f", outside them class {background}" if background is not None else ""))
+    return ref, kind
 
 
 def _class_value(raw, by_name: dict, classes, path: Path, ref_field: str) -> int:
@@ -368,10 +264,11 @@ def evaluate(prediction: str | Path, reference: str | Path, *, ref_field: str | 
                 ref_ds.close()
                 raise GlnetError(f"{ref_path}: is a raster; --background applies to vector references")
             try:
-                ref = _RasterReference(ref_ds, ref_path, pred, pred_path)
+                ref = _raster_reference(ref_ds, ref_path, pred, pred_path)
             except BaseException:
                 ref_ds.close()
                 raise
+            kind = _RASTER_KINDS[ref.placement]
             ref_classes = _tag_classes(ref_ds, ref_path)
             if classes is None:
                 classes = ref_classes
@@ -384,8 +281,8 @@ def evaluate(prediction: str | Path, reference: str | Path, *, ref_field: str | 
                         f"{v} {a[v]!r} / {b[v]!r}" for v in diff[:5]))
         else:
             bg = None if background is None else _background_value(background, classes)
-            ref = _VectorReference(ref_path, pred, pred_path, classes, ref_field, ref_layer, bg,
-                                   notes)
+            ref, kind = _vector_reference(ref_path, pred, pred_path, classes, ref_field, ref_layer,
+                                          bg, notes)
 
         pred_nodata = pred.nodata if pred.nodata is not None else NODATA
         bh, bw = pred.block_shapes[0]
@@ -397,8 +294,8 @@ def evaluate(prediction: str | Path, reference: str | Path, *, ref_field: str | 
         for i, window in enumerate(windows):
             p = pred.read(1, window=window)
             valid = (p != pred_nodata) & (pred.read_masks(1, window=window) != 0)
-            r, rvalid = ref.read(window)
-            valid &= rvalid
+            r = ref.read(window)
+            valid &= r != IGNORE
             skipped += int(valid.size - np.count_nonzero(valid))
             for name, a, path in (("prediction", p, pred_path), ("reference", r, ref_path)):
                 v = a[valid]
@@ -425,7 +322,7 @@ def evaluate(prediction: str | Path, reference: str | Path, *, ref_field: str | 
     matrix.matrix[:] = big.matrix[:n, :n]
     names = {c.value: c.name for c in classes} if classes else {}
     return Evaluation(matrix, [names.get(c, f"class {c}") for c in range(n)], str(pred_path),
-                      str(ref_path), ref.kind, skipped, notes)
+                      str(ref_path), kind, skipped, notes)
 
 
 def _step(block_size: int, internal: int) -> int:
@@ -515,7 +412,6 @@ def evaluate_model_on_dataset(model: str | Path, folder: str | Path, *,
     from rasterio.windows import Window
 
     from .datasets import scenes_from_folder
-    from .labels import IGNORE
     from .modelfile import read_metadata
     from .segment import SegmentOptions, segment
 

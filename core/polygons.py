@@ -40,12 +40,13 @@ colours) into a polygon layer with the attributes ``class_id``, ``class_name``,
    Optional smoothing (Chaikin corner cutting, ``smooth`` iterations) works
    on the same edges with the same fixed boundary, and an edge whose smoothed
    line would cross another is left unsmoothed.
-4. Attributes. Projected CRS: planar area and perimeter in the CRS's linear
-   unit converted to metres. Geographic CRS: area on the ellipsoid, computed
-   exactly in the cylindrical equal-area projection of the CRS's ellipsoid
-   (pixel edges, which follow meridians and parallels, stay straight there);
-   perimeter on the ellipsoid from the local radii of curvature of each
-   segment (exact along parallels, meridian arcs to better than 1e-6).
+4. Attributes (``ground.measure``). Projected CRS: planar area and perimeter
+   in the CRS's linear unit converted to metres. Geographic CRS: area on the
+   ellipsoid, computed exactly in the cylindrical equal-area projection of
+   the CRS's ellipsoid (pixel edges, which follow meridians and parallels,
+   stay straight there); perimeter on the ellipsoid from the local radii of
+   curvature of each segment (exact along parallels, meridian arcs to better
+   than 1e-6).
    Without a CRS the polygons are in the raster's own coordinates and the two
    measures are left empty.
 5. Write through fiona (GeoPackage, Shapefile, GeoJSON, FlatGeobuf) to a
@@ -58,7 +59,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import shutil
 import sqlite3
 import tempfile
@@ -74,6 +74,7 @@ import numpy as np
 from .config import FORMATS, VectorizeOptions
 from .errors import GlnetError, OptionError
 from .files import atomic_output, check_output_path, full_disk_as_error
+from .ground import Ground, ground_of, measure, to_world
 from .modelfile import ClassInfo
 from .palette import default_colors
 
@@ -83,7 +84,6 @@ SHAPEFILE_FIELDS = ("class_id", "class_name", "area_m2", "perim_m")
 _SHAPEFILE_PARTS = (".shp", ".shx", ".dbf", ".prj", ".cpg", ".qix", ".sbn", ".sbx", ".qmd")
 # Integer types GDAL's sieve and polygonize read directly.
 _DTYPES = ("uint8", "uint16", "int16", "int32")
-_WGS84 = (6378137.0, 1 / 298.257223563)
 # QGIS's (and GDAL's drawing tools') grid for a raster without a geotransform: pixel
 # (col, row) at x = col, y = -row. rasterio reports the identity instead, y = +row.
 QGIS_PIXEL_FRAME = (1.0, 0.0, 0.0, 0.0, -1.0, 0.0)
@@ -109,141 +109,6 @@ class VectorizeResult:
     sieve_pixels: int = 0
     sieved_pixels: int = 0    # pixels the sieve gave to a neighbouring region
     warnings: list[str] = field(default_factory=list)
-
-
-# --------------------------------------------------------------------------- ground units
-
-@dataclass(frozen=True)
-class Ground:
-    """How the mask's pixel grid measures on the ground.
-
-    ``kind`` is "projected", "geographic" or "none" (no CRS). ``unit`` is
-    metres per CRS unit (projected), radians per CRS unit (geographic) or 1.
-    Pixel sizes are in metres (CRS units without a CRS), at the mask's centre
-    for a geographic CRS.
-    """
-
-    kind: str
-    transform: object
-    unit: float
-    a: float
-    f: float
-    pixel_width: float
-    pixel_height: float
-    pixel_area: float
-
-
-def ground_of(crs, transform, width: int, height: int) -> Ground:
-    """The ``Ground`` of a raster grid with ``crs`` (rasterio CRS or None) and ``transform``."""
-    t = transform
-    det = abs(t.a * t.e - t.b * t.d)
-    col_len = math.hypot(t.a, t.d)
-    row_len = math.hypot(t.b, t.e)
-    if crs is None:
-        return Ground("none", t, 1.0, *_WGS84, col_len, row_len, det)
-    if crs.is_geographic:
-        unit = float(crs.units_factor[1])
-        a, f = _ellipsoid(crs)
-        phi = _apply(t, width / 2, height / 2)[1] * unit
-        m, n = _radii(np.array(phi), a, f)
-        # metres per CRS unit eastward and northward at the centre
-        east, north = float(n) * math.cos(phi) * unit, float(m) * unit
-        pw = math.hypot(t.a * east, t.d * north)
-        ph = math.hypot(t.b * east, t.e * north)
-        x0, y0 = _apply(t, width // 2, height // 2)
-        x1, y1 = _apply(t, width // 2 + 1, height // 2 + 1)
-        xs, ys = _authalic(np.array([x0, x1, x1, x0]) * unit, np.array([y0, y0, y1, y1]) * unit,
-                           a, f)
-        area = abs(_shoelace(xs, ys)) if t.b == 0 and t.d == 0 else det * east * north
-        return Ground("geographic", t, unit, a, f, pw, ph, area)
-    try:
-        unit = float(crs.linear_units_factor[1])
-    except Exception:  # noqa: BLE001 - a projected CRS rasterio cannot describe
-        unit = 1.0
-    return Ground("projected", t, unit, *_WGS84, col_len * unit, row_len * unit, det * unit * unit)
-
-
-def _apply(t, col: float, row: float) -> tuple[float, float]:
-    """Map a pixel position through an affine transform."""
-    return t.c + t.a * col + t.b * row, t.f + t.d * col + t.e * row
-
-
-def _ellipsoid(crs) -> tuple[float, float]:
-    """Semi-major axis and flattening of a CRS's ellipsoid (WGS 84 if unknown)."""
-    match = re.search(r'(?:ELLIPSOID|SPHEROID)\["[^"]*",\s*([-+0-9.eE]+),\s*([-+0-9.eE]+)',
-                      crs.to_wkt())
-    if not match:
-        return _WGS84
-    a, inv_f = float(match.group(1)), float(match.group(2))
-    return a, (1 / inv_f if inv_f else 0.0)
-
-
-def _radii(phi: np.ndarray, a: float, f: float) -> tuple[np.ndarray, np.ndarray]:
-    """Meridional (M) and prime-vertical (N) radii of curvature at latitudes ``phi`` (radians)."""
-    e2 = f * (2 - f)
-    w2 = 1 - e2 * np.sin(phi) ** 2
-    return a * (1 - e2) / w2 ** 1.5, a / np.sqrt(w2)
-
-
-def _authalic(lam: np.ndarray, phi: np.ndarray, a: float, f: float):
-    """Cylindrical equal-area coordinates (metres) of longitudes and latitudes in radians.
-
-    x = a lambda, y = a q(phi) / 2 with q the authalic function: the area of
-    any region equals its ellipsoidal area (the projection of EPSG:6933 with
-    unit scale on the equator).
-    """
-    e2 = f * (2 - f)
-    s = np.sin(phi)
-    if e2 == 0:
-        q = 2 * s
-    else:
-        e = math.sqrt(e2)
-        q = (1 - e2) * (s / (1 - e2 * s * s) - np.log((1 - e * s) / (1 + e * s)) / (2 * e))
-    return a * lam, a * q / 2
-
-
-def _shoelace(x: np.ndarray, y: np.ndarray) -> float:
-    return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
-
-
-def to_world(pixel_geoms: np.ndarray, transform) -> np.ndarray:
-    """Geometries in pixel coordinates (column, row) mapped through an affine ``transform``."""
-    import shapely
-
-    t = transform
-    matrix = np.array([[t.a, t.d], [t.b, t.e]])
-    offset = np.array([t.c, t.f])
-    return shapely.transform(pixel_geoms, lambda xy: xy @ matrix + offset)
-
-
-def measure(pixel_geoms: np.ndarray, ground: Ground) -> tuple[np.ndarray, np.ndarray]:
-    """``(area_m2, perimeter_m)`` of polygons given in pixel coordinates (NaN without a CRS)."""
-    import shapely
-
-    n = len(pixel_geoms)
-    if ground.kind == "none" or n == 0:
-        return np.full(n, np.nan), np.full(n, np.nan)
-    t = ground.transform
-    if ground.kind == "projected":
-        det = abs(t.a * t.e - t.b * t.d)
-        area = shapely.area(pixel_geoms) * det * ground.unit ** 2
-        perimeter = shapely.length(to_world(pixel_geoms, t)) * ground.unit
-        return area, perimeter
-    world = to_world(pixel_geoms, t)
-    u, a, f = ground.unit, ground.a, ground.f
-    equal_area = shapely.transform(
-        world, lambda xy: np.column_stack(_authalic(xy[:, 0] * u, xy[:, 1] * u, a, f)))
-    area = shapely.area(equal_area)
-    rings, ring_owner = shapely.get_rings(world, return_index=True)
-    coords, ring_of = shapely.get_coordinates(rings, return_index=True)
-    lam, phi = coords[:, 0] * u, coords[:, 1] * u
-    same = ring_of[1:] == ring_of[:-1]
-    mid = ((phi[1:] + phi[:-1]) / 2)[same]
-    m, nn = _radii(mid, a, f)
-    seg = np.hypot(nn * np.cos(mid) * np.diff(lam)[same], m * np.diff(phi)[same])
-    ring_len = np.bincount(ring_of[1:][same], seg, minlength=len(rings))
-    perimeter = np.bincount(ring_owner, ring_len, minlength=n)
-    return area, perimeter
 
 
 # --------------------------------------------------------------------------- classes
@@ -1047,7 +912,6 @@ def summary(result: VectorizeResult) -> str:
             f"{k} class{'es' * (k != 1)}{areas}{sieve}")
 
 
-__all__ = ["FIELDS", "FORMATS", "Ground", "VectorizeOptions", "VectorizeResult",
-           "category_qml", "driver_for", "geojson_polygons", "ground_of", "mask_classes", "measure", "open_mask",
-           "read_layer_style", "regions", "smooth_coverage", "summary", "to_world",
-           "vectorize", "write_layer_style"]
+__all__ = ["FIELDS", "FORMATS", "VectorizeOptions", "VectorizeResult", "category_qml", "driver_for",
+           "geojson_polygons", "mask_classes", "open_mask", "read_layer_style", "regions",
+           "smooth_coverage", "summary", "vectorize", "write_layer_style"]

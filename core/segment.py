@@ -51,6 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .aoi import AreaOfInterest, read_aoi
 from .config import SegmentOptions
 from .errors import Cancelled, GlnetError, OptionError
 from .files import (
@@ -61,6 +62,7 @@ from .files import (
     remove_stale,
     work_folder,
 )
+from .ground import ground_pixel_size
 from .modelfile import ModelMeta, read_metadata
 from .precision import Precision, resolve_precision
 from .windows import Region, Strip, WindowGrid, WindowReader
@@ -193,24 +195,6 @@ def _select_bands(src, requested: tuple[int, ...] | None, meta: ModelMeta,
                      f"choose them in the model's order, e.g. --bands {hint}")
 
 
-def ground_resolution(src) -> tuple[float, float] | None:
-    """Metres per pixel along x and y, or None without a CRS."""
-    if src.crs is None:
-        return None
-    t = src.transform
-    px, py = math.hypot(t.a, t.d), math.hypot(t.b, t.e)
-    if src.crs.is_geographic:
-        # Degrees: metres per degree on the mean sphere at the scene's centre.
-        lat = (t @ (src.width / 2, src.height / 2))[1]
-        m = 6371008.8 * math.pi / 180
-        return px * m * math.cos(math.radians(max(-89.9, min(89.9, lat)))), py * m
-    try:
-        factor = src.crs.linear_units_factor[1]
-    except Exception:
-        return None
-    return px * factor, py * factor
-
-
 def _pixel_bounds(transform, xmin, ymin, xmax, ymax) -> tuple[float, float, float, float]:
     """Rows and columns (fractional) spanned by a box in map coordinates."""
     inv = ~transform
@@ -230,45 +214,6 @@ def _intersect(region: Region, rows_cols: tuple[float, float, float, float]) -> 
     if bottom <= top or right <= left:
         return None
     return Region(top, left, bottom - top, right - left)
-
-
-def _read_aoi(path: Path, layer: str | None, scene_crs, warnings: list[str]) -> list:
-    import fiona
-    from rasterio.warp import transform_geom
-    from shapely.geometry import mapping, shape
-
-    if not Path(path).exists():
-        raise GlnetError(f"{path}: area-of-interest file not found")
-    try:
-        with fiona.open(path, layer=layer) as src:
-            crs = src.crs
-            geoms = [shape(f.geometry) for f in src if f.geometry is not None]
-    except Exception as exc:  # fiona raises several types for unreadable files
-        raise GlnetError(f"{path}: cannot read areas of interest ({exc})") from None
-    geoms = [g for g in geoms if g.geom_type in ("Polygon", "MultiPolygon") and not g.is_empty]
-    if not geoms:
-        raise GlnetError(f"{path}: no polygons to use as areas of interest")
-    if crs and scene_crs is not None:
-        from rasterio.crs import CRS
-
-        vcrs = CRS.from_user_input(crs)
-        if vcrs.is_geographic:
-            x0, y0, x1, y1 = (f(v) for f, v in zip((min, min, max, max),
-                                                   zip(*(g.bounds for g in geoms))))
-            if not (-360 <= x0 and x1 <= 360 and -90 <= y0 and y1 <= 90):
-                raise GlnetError(f"{path}: coordinates up to {max(abs(x0), abs(x1), abs(y0), abs(y1)):.6g} "
-                                 f"are not degrees of its CRS {vcrs.to_string()} (GeoJSON without "
-                                 "a CRS is WGS 84): give the file its CRS (ogr2ogr -a_srs)")
-        if vcrs != scene_crs:
-            try:
-                geoms = [shape(transform_geom(vcrs, scene_crs, mapping(g))) for g in geoms]
-            except Exception as exc:  # PROJ errors come as several types
-                raise GlnetError(f"{path}: cannot transform the areas of interest to the "
-                                 f"scene's CRS ({exc})") from None
-    elif crs and scene_crs is None:
-        warnings.append("the scene has no CRS; area-of-interest coordinates taken as pixels' map "
-                        "coordinates")
-    return [g.buffer(0) if not g.is_valid else g for g in geoms]
 
 
 def _plan(src, scene: str | Path, meta: ModelMeta, opts: SegmentOptions) -> _Plan:
@@ -294,7 +239,7 @@ def _plan(src, scene: str | Path, meta: ModelMeta, opts: SegmentOptions) -> _Pla
                              f"overlap the scene {_name(scene)}")
     aoi = None
     if opts.aoi is not None:
-        aoi = _read_aoi(Path(opts.aoi), opts.aoi_layer, src.crs, warnings)
+        aoi = read_aoi(Path(opts.aoi), src.crs, opts.aoi_layer, warnings)
         xs0, ys0, xs1, ys1 = zip(*(g.bounds for g in aoi))
         region = _intersect(region, _pixel_bounds(t, min(xs0), min(ys0), max(xs1), max(ys1)))
         if region is None:
@@ -303,7 +248,7 @@ def _plan(src, scene: str | Path, meta: ModelMeta, opts: SegmentOptions) -> _Pla
     out_transform = t @ Affine.translation(region.col_off, region.row_off)
 
     factor = None
-    ground = ground_resolution(src)
+    ground = ground_pixel_size(src.crs, t, src.width, src.height)
     target = opts.resolution or meta.resolution
     whose = "the model's" if opts.resolution is None else "the chosen"
     if target and ground and opts.resample:
@@ -341,32 +286,18 @@ def _aoi_functions(plan: _Plan):
     if plan.aoi is None:
         return None, None
     from affine import Affine
-    from rasterio.features import rasterize
-    from shapely import STRtree
-    from shapely.geometry import Polygon
 
-    tree = STRtree(plan.aoi)
+    aoi = AreaOfInterest(plan.aoi)
     base = plan.work_transform
 
-    def footprint(w):
-        wt = base @ Affine.translation(w.left, w.top)
-        return wt, Polygon([wt @ (0, 0), wt @ (w.width, 0), wt @ (w.width, w.height),
-                            wt @ (0, w.height)])
-
     def skip(w) -> bool:
-        _, poly = footprint(w)
-        return len(tree.query(poly, predicate="intersects")) == 0
+        return not aoi.touches(base @ Affine.translation(w.left, w.top), (w.height, w.width))
 
     def mask(w) -> np.ndarray:
-        wt, poly = footprint(w)
-        shapes = [plan.aoi[i] for i in tree.query(poly, predicate="intersects")]
-        if not shapes:
-            return np.zeros((w.height, w.width), dtype=bool)
         # On a resampled work grid, keep every cell the polygons touch: the exact
         # outline is applied again on the scene's own grid.
-        return rasterize(shapes, out_shape=(w.height, w.width), transform=wt, fill=0,
-                         default_value=1, dtype="uint8",
-                         all_touched=plan.resample is not None).astype(bool)
+        return aoi.mask(base @ Affine.translation(w.left, w.top), (w.height, w.width),
+                        all_touched=plan.resample is not None)
 
     return mask, skip
 
@@ -1139,13 +1070,13 @@ def _resample_back(scene, plan: _Plan, mask_work, mask_tiled, prob_work, prob_ti
     import rasterio
     from affine import Affine
     from rasterio.enums import Resampling
-    from rasterio.features import rasterize
     from rasterio.vrt import WarpedVRT
     from rasterio.windows import Window
 
     from .masks import NODATA, MaskWriter
 
     region = plan.region
+    aoi = AreaOfInterest(plan.aoi) if plan.aoi is not None else None
     counts = np.zeros(meta.net.num_classes, dtype=np.int64)
     with rasterio.open(scene) as src, rasterio.open(mask_work) as mw, ExitStack() as stack:
         crs = src.crs
@@ -1172,10 +1103,8 @@ def _resample_back(scene, plan: _Plan, mask_work, mask_tiled, prob_work, prob_ti
                 valid = (src.read_masks(plan.bands, window=Window(
                     region.col_off + left, region.row_off + top, w, h)) > 0).any(axis=0)
                 valid &= labels != NODATA
-                if plan.aoi is not None:
-                    wt = plan.out_transform @ Affine.translation(left, top)
-                    valid &= rasterize(plan.aoi, out_shape=(h, w), transform=wt, fill=0,
-                                       default_value=1, dtype="uint8").astype(bool)
+                if aoi is not None:
+                    valid &= aoi.mask(plan.out_transform @ Affine.translation(left, top), (h, w))
                 labels[~valid] = NODATA
                 counts += np.bincount(labels[valid], minlength=len(counts))[:len(counts)]
                 writer.mask.write(labels[None], window=win)
