@@ -51,6 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .contract import ProgressFn
 from .errors import Cancelled, GlnetError, OptionError
 from .files import (
     atomic_output,
@@ -65,8 +66,6 @@ from .precision import DEFAULT_PRECISION, PRECISIONS, Precision, resolve_precisi
 from .windows import Region, Strip, WindowGrid, WindowReader
 from .windows import strips as cut_strips
 
-# ``progress(fraction, message=None)``: the project's convention (``glnet.progress``).
-ProgressFn = Callable[..., None]
 CancelFn = Callable[[], bool]
 
 PROBABILITY_KINDS = ("classes", "confidence")
@@ -1208,7 +1207,8 @@ def assemble_parts(job: SegmentJob, parts: list[tuple[Strip, Path, Path | None]]
 
 
 def _run(job: SegmentJob, run, tmp_out, tmp_prob, temps, report) -> SegmentResult:
-    from .masks import default_permissions, finish_cog, temp_path
+    from .files import default_permissions
+    from .masks import finish_cog, temp_path
 
     opts, meta, plan, output = job.opts, job.meta, job.plan, job.output
     with_probs = job.probabilities is not None

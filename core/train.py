@@ -28,7 +28,7 @@ from . import parallel
 from .config import DEFAULT_PRESET, StageConfig, TrainConfig, preset
 from .datasets import Rect, TrainingScene, WindowSampler, augment, split_regions, tile_rect
 from .errors import GlnetError, OptionError
-from .files import atomic_output
+from .files import atomic_output, remove_stale
 from .glnet import GLNet
 from .labels import IGNORE
 from .metrics import ConfusionMatrix
@@ -424,8 +424,9 @@ def _train(scenes, classes, output, options: TrainOptions, resume: bool, log, pr
     if not ranks.main:
         log, progress = (lambda text: None), None
     # Temporary files of a run that was killed (SIGKILL leaves no chance to clean up).
-    for stale in [] if not ranks.main else [*output.parent.glob(f".{output.name}.*.part"), *output.parent.glob(f".{ckpt_path.name}.*.part")]:
-        stale.unlink(missing_ok=True)
+    if ranks.main:
+        remove_stale(output)
+        remove_stale(ckpt_path)
     # What is at ``output`` now the caller let us replace; a file that appears
     # there later is another run's (files.atomic_output refuses it).
     replace_output = output.exists()
