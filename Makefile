@@ -60,7 +60,8 @@ bench: $(STAMP)
 # The zip for QGIS's "Install from ZIP": one folder glnet_qgis/ of real files
 # (cp -L resolves the metadata and icon links), with the engine source copied
 # into glnet_qgis/engine/ so that the plugin reads model files with no install
-# (the algorithms that run the network use the engine's own environment), the
+# (it imports only glnet.contract.TORCH_FREE_MODULES there, engine_loader.py; the
+# algorithms that run the network use the engine's own environment), the
 # engine as a wheel in glnet_qgis/wheels/ (what "Set up the GLNet engine"
 # installs), the torch pins, LICENSE, and the example Processing models in
 # glnet_qgis/models/. The wheel is built from a copy of the sources, without

@@ -32,8 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
+from glnet.contract import CLASSES_TAG, NODATA, ClassInfo, classes_json
+
 GDAL_POLYGONIZE = "/usr/bin/gdal_polygonize.py"
-NODATA = 255
 ROAD = 5
 # (grid spacing in pixels, weight) of the random fields' scales
 SCALES = ((1024, 1.0), (256, 0.6), (64, 0.45), (16, 0.3), (4, 0.12))
@@ -100,9 +101,8 @@ def generate_mask(path: Path, size: int, seed: int = 0, strip: int = 512) -> dic
         classes = ["water", "forest", "grassland", "cropland", "built-up", "road"]
         colors = [(31, 120, 180), (51, 160, 44), (178, 223, 138), (255, 255, 153),
                   (227, 26, 28), (64, 64, 64)]
-        import json
-        dst.update_tags(GLNET_CLASSES=json.dumps(
-            [{"value": i, "name": n, "color": list(c)} for i, (n, c) in enumerate(zip(classes, colors))]))
+        dst.update_tags(**{CLASSES_TAG: classes_json(
+            ClassInfo(i, n, c) for i, (n, c) in enumerate(zip(classes, colors)))})
         dst.write_colormap(1, {i: (*c, 255) for i, c in enumerate(colors)})
     return {v: int(n) for v, n in enumerate(counts) if n}
 

@@ -1,7 +1,10 @@
 """The ``glnet`` command line.
 
 Errors the user can fix print one line on stderr and exit with 1 (usage errors
-with 2); a traceback is shown only with ``--debug``.
+with 2); a traceback is shown only with ``--debug``. With ``--progress json``
+(a controlling process: the QGIS plugin), progress comes as JSON lines on
+stderr, and train, segment and evaluate end their stdout with their result as
+one JSON object line. These lines and the exit codes are ``glnet.contract``'s.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from . import __version__
+from . import __version__, contract
 from .config import (
     PRESETS,
     PROBABILITY_KINDS,
@@ -29,6 +32,7 @@ from .config import (
 from .errors import GlnetError, OptionError
 from .files import check_output_path
 from .precision import PRECISIONS
+from .progress import KINDS as PROGRESS_KINDS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
         description="GLNet land-cover segmentation for georeferenced rasters.")
     parser.add_argument("--version", action="version", version=f"glnet {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
-    parser.add_argument("--progress", choices=("auto", "bar", "json", "none"), default="auto",
+    parser.add_argument("--progress", choices=PROGRESS_KINDS, default="auto",
                         help="how to show progress on stderr: a bar on a terminal (auto), "
                              "JSON lines for a controlling process, or nothing")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -351,19 +355,19 @@ def _command_settings(args: argparse.Namespace) -> Iterator[None]:
 def _run(args: argparse.Namespace) -> int:
     """Run the command; errors become one line on stderr and an exit status."""
     try:
-        return args.run(args) or 0
+        return args.run(args) or contract.EXIT_OK
     except GlnetError as exc:
         if args.debug:
             raise
-        print(f"glnet {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+        print(contract.error_line(args.command, exc), file=sys.stderr)
+        return contract.EXIT_ERROR
     except KeyboardInterrupt:
-        print(f"glnet {args.command}: cancelled", file=sys.stderr)
-        return 130
+        print(contract.cancelled_line(args.command), file=sys.stderr)
+        return contract.EXIT_CANCELLED
     except BrokenPipeError:
         # The reader went away (`glnet ... | head`): stop quietly, as Unix tools do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+        return contract.EXIT_OK
     except OSError as exc:
         # A file the engine did not wrap (an unexpected read, a full disk in a
         # library's own words): name the file, on one line.
@@ -372,17 +376,17 @@ def _run(args: argparse.Namespace) -> int:
         path = exc.filename or _destination(args)
         what = "no space left on device" if exc.errno == errno.ENOSPC else \
             (exc.strerror or str(exc) or type(exc).__name__)
-        print(f"glnet {args.command}: error: {path}: {' '.join(what.split())}", file=sys.stderr)
-        return 1
+        print(contract.error_line(args.command, f"{path}: {' '.join(what.split())}"),
+              file=sys.stderr)
+        return contract.EXIT_ERROR
     except Exception as exc:
         if args.debug:
             raise
         text = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line, whatever GDAL says
         if len(text) > 300:
             text = text[:300] + " ..."
-        print(f"glnet {args.command}: internal error: {text} (run with --debug for the "
-              "traceback)", file=sys.stderr)
-        return 1
+        print(contract.internal_error_line(args.command, text), file=sys.stderr)
+        return contract.EXIT_ERROR
 
 
 def _destination(args: argparse.Namespace) -> Path | str:
@@ -474,7 +478,14 @@ def _train(args: argparse.Namespace) -> int:
         if result.best_miou is not None else "no validation"
     print(f"wrote {args.output}: stages {', '.join(map(str, result.stages_done))}, {score}, "
           f"{result.minutes:.1f} min")
+    _print_result(args, result, steps=sum(r.get("steps", 0) for r in result.history))
     return 0
+
+
+def _print_result(args: argparse.Namespace, result, **extra) -> None:
+    """With --progress json, the result as the last stdout line (``contract.result_line``)."""
+    if args.progress == "json":
+        print(contract.result_line(result, **extra), flush=True)
 
 
 def _progress(args: argparse.Namespace, desc: str):
@@ -550,6 +561,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     if hasattr(report, "close"):
         report.close()
     print(result.to_json() if args.json else result.format())
+    if not args.json:  # --json printed the same object already
+        _print_result(args, result.to_dict())
     return 0
 
 
@@ -564,7 +577,7 @@ def _one_line_warnings(command: str) -> None:
                                               r"is equal to Affine\.identity)")
 
     def show(message, category, filename, lineno, file=None, line=None):
-        print(f"glnet {command}: warning: {' '.join(str(message).split())}",
+        print(contract.warning_line(command, " ".join(str(message).split())),
               file=file or sys.stderr, flush=True)
 
     warnings.showwarning = show
@@ -629,7 +642,7 @@ def _segment(args: argparse.Namespace) -> int:
             else:
                 _stderr(report, plan)
             for text in job.plan.warnings:
-                _stderr(report, f"glnet segment: warning: {name}{text}")
+                _stderr(report, contract.warning_line("segment", f"{name}{text}"))
 
     try:
         if args.scheduler is not None:
@@ -652,7 +665,7 @@ def _segment(args: argparse.Namespace) -> int:
     for result, job in zip(results, jobs):
         for text in result.warnings:
             if text not in job.plan.warnings:  # shown before the work
-                print(f"glnet segment: warning: {text}", file=sys.stderr)
+                print(contract.warning_line("segment", text), file=sys.stderr)
         total = max(result.valid_pixels, 1)
         shares = ", ".join(f"{name} {100 * n / total:.1f}%"
                            for name, n in result.class_pixels.items())
@@ -664,11 +677,14 @@ def _segment(args: argparse.Namespace) -> int:
     if args.probabilities is not None:
         kind = "per-class probabilities" if args.probability_kind == "classes" else "confidence"
         print(f"wrote {args.probabilities}: {kind} in percent")
+    vectorized = None
     if vectorize is not None:
         from .polygons import summary
 
-        print(summary(vectorize(outputs[0], args.polygons,
-                                VectorizeOptions(overwrite=args.overwrite))))
+        vectorized = vectorize(outputs[0], args.polygons,
+                               VectorizeOptions(overwrite=args.overwrite))
+        print(summary(vectorized))
+    _print_result(args, {"results": results, "polygons": vectorized})
     return 0
 
 
@@ -685,7 +701,7 @@ def _vectorize(args: argparse.Namespace) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("always")
             warnings.showwarning = lambda message, *rest, **kw: _log(
-                report, f"glnet vectorize: warning: {message}")
+                report, contract.warning_line("vectorize", message))
             result = vectorize(args.mask, args.output, options, progress=report)
     finally:
         if hasattr(report, "close"):

@@ -38,8 +38,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from .contract import ProgressFn, new_temp
 from .errors import Cancelled, GlnetError
-from .files import new_temp
 from .modelfile import read_metadata
 from .segment import (
     SegmentJob,
@@ -53,8 +53,6 @@ from .segment import (
     run_strip,
 )
 from .windows import Strip, strips
-
-ProgressFn = Callable[..., None]
 
 
 def _require_dask():

@@ -31,13 +31,13 @@ from pathlib import Path
 
 import numpy as np
 
+from .contract import CLASSES_TAG, NODATA
 from .errors import GlnetError
 from .ground import describe_crs
 from .labels import IGNORE, RasterLabels, RasterWording, VectorLabels, VectorWording, _exists
 from .labels import _open_raster as open_raster
 from .metrics import ConfusionMatrix
 
-NODATA = 255
 MAX_CLASSES = 255
 VECTOR_DEFAULT_FIELDS = ("class_id", "class_name")
 
@@ -100,8 +100,8 @@ def _tag_classes(ds, path: Path) -> list | None:
 
     try:
         return read_classes(ds)
-    except (ValueError, KeyError, TypeError):
-        raise GlnetError(f"{path}: its GLNET_CLASSES tag is not a valid class list") from None
+    except ValueError:
+        raise GlnetError(f"{path}: its {CLASSES_TAG} tag is not a valid class list") from None
 
 
 # --------------------------------------------------------------------------- references

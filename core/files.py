@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import shutil
-import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .contract import new_temp, temp_pattern
 from .errors import GlnetError
 
 
@@ -56,12 +55,8 @@ def atomic_output(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     tmp_path = new_temp(path, ".part")
     try:
         yield tmp_path
-        # mkstemp creates the file private (0600); give it the permissions any
-        # new file of the user's would have.
         if tmp_path.exists():
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp_path, 0o666 & ~umask)
+            default_permissions(tmp_path)
         _publish(tmp_path, path, overwrite)
     except BaseException as exc:
         full = _disk_full(exc, path)  # asked before the temporary's space is freed
@@ -71,31 +66,24 @@ def atomic_output(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
         raise
 
 
+def default_permissions(path: str | Path) -> None:
+    """Give a temporary file the permissions any new file of the user's would get (umask).
+
+    ``new_temp`` creates it private (0600), as ``mkstemp`` does.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 # -- temporary names -----------------------------------------------------------------------
 #
-# Every temporary file or folder of an output OUT is hidden beside it and named
-# ``.OUT.XXXXXXXX<suffix>`` (``new_temp``), except the work folder of a
-# resumable segment run, ``.OUT.glnet-work`` (``work_folder``), whose name a
-# later run must find again. ``stale_temps`` lists them all.
+# Named by ``contract.new_temp`` (the plugin recognises them too): every temporary
+# file or folder of an output OUT is hidden beside it, ``.OUT.XXXXXXXX<suffix>``;
+# except the work folder of a resumable segment run, ``.OUT.glnet-work``
+# (``work_folder``), whose name a later run must find again.
 
-TEMP_SUFFIXES = (".part", ".tiled.tif", ".ptiled.tif", ".work.tif", ".pwork.tif", ".parts")
 WORK_SUFFIX = ".glnet-work"
-_GDAL_SIDE = r"(\.ovr|\.ovr\.tmp|\.aux\.xml|\.msk)?"
-
-
-def temp_prefix(path: str | Path) -> str:
-    return f".{Path(path).name}."
-
-
-def new_temp(beside: str | Path, suffix: str, folder: bool = False) -> Path:
-    """A new empty temporary file (or folder) beside ``beside``, named ``.NAME.XXXXXXXX<suffix>``."""
-    beside = Path(beside)
-    parent = beside.parent if str(beside.parent) else Path(".")
-    if folder:
-        return Path(tempfile.mkdtemp(prefix=temp_prefix(beside), suffix=suffix, dir=parent))
-    fd, name = tempfile.mkstemp(prefix=temp_prefix(beside), suffix=suffix, dir=parent)
-    os.close(fd)
-    return Path(name)
 
 
 def work_folder(output: str | Path) -> Path:
@@ -108,9 +96,7 @@ def stale_temps(output: str | Path) -> list[Path]:
     """Temporary files and folders of ``output`` (``new_temp``) that exist, e.g. of a killed run."""
     output = Path(output)
     parent = output.parent if str(output.parent) else Path(".")
-    suffixes = "|".join(re.escape(s) for s in TEMP_SUFFIXES)
-    pattern = re.compile(re.escape(temp_prefix(output)) + r"[A-Za-z0-9_]{8}(" + suffixes + ")"
-                         + _GDAL_SIDE + "$")
+    pattern = temp_pattern(output.name)
     try:
         return sorted(p for p in parent.iterdir() if pattern.match(p.name))
     except OSError:

@@ -30,11 +30,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .contract import CLASSES_TAG, NODATA, parse_classes
 from .errors import GlnetError
 from .modelfile import ClassInfo
 from .palette import default_colors
 
-IGNORE = 255
+IGNORE = NODATA  # unlabelled pixels: the masks' nodata value
 # Polygons with more vertices than this are clipped to each window before
 # rasterising (GDAL's scanline fill walks all edges for every row).
 _CLIP_VERTICES = 2000
@@ -60,14 +61,13 @@ def _open_raster(path: Path):
 
 def classes_from_tags(ds) -> tuple[ClassInfo, ...] | None:
     """Classes stored in a raster's ``GLNET_CLASSES`` tag, if any."""
-    text = ds.tags().get("GLNET_CLASSES")
+    text = ds.tags().get(CLASSES_TAG)
     if not text:
         return None
     try:
-        return tuple(ClassInfo(int(c["value"]), str(c["name"]), tuple(int(v) for v in c["color"]))
-                     for c in json.loads(text))
-    except (ValueError, KeyError, TypeError):
-        raise GlnetError(f"{ds.name}: GLNET_CLASSES tag is not a valid class list") from None
+        return tuple(parse_classes(text))
+    except ValueError:
+        raise GlnetError(f"{ds.name}: {CLASSES_TAG} tag is not a valid class list") from None
 
 
 def read_classes_json(path: str | Path) -> tuple[ClassInfo, ...]:

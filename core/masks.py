@@ -1,6 +1,7 @@
 """Land-cover masks on disk: block writes to a tiled GeoTIFF, finished as a COG.
 
-Mask format (shared with the vectorizer and the QGIS plugin):
+Mask format (shared with the vectorizer and the QGIS plugin; its names, tag
+and style are defined in ``contract``):
 
 * one band, uint8, class values ``0..N-1``, nodata ``255``;
 * a colour table with each class's colour (nodata transparent);
@@ -24,19 +25,22 @@ another temporary file of the same folder, which the caller renames.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
-from .modelfile import ClassInfo
+from .contract import (
+    CLASSES_TAG,
+    NODATA,
+    ClassInfo,
+    classes_json,
+    mask_qml,
+    new_temp,
+    parse_classes,
+)
+from .files import atomic_output
 
-NODATA = 255
-CLASSES_TAG = "GLNET_CLASSES"
 MASK_DESCRIPTION = "land cover class"
 # The intermediate GTiff: small tiles, fast compression (it is rewritten as a COG).
 BLOCK = 256
@@ -44,19 +48,15 @@ _INTERMEDIATE = dict(driver="GTiff", tiled=True, blockxsize=BLOCK, blockysize=BL
                      compress="deflate", zlevel=1, bigtiff="IF_SAFER")
 
 
-def classes_json(classes: Sequence[ClassInfo]) -> str:
-    """The ``GLNET_CLASSES`` tag value."""
-    return json.dumps([{"value": c.value, "name": c.name, "color": list(c.color)}
-                       for c in classes])
-
-
 def read_classes(dataset) -> list[ClassInfo] | None:
-    """Classes stored in a mask's ``GLNET_CLASSES`` tag (an open rasterio dataset), or None."""
+    """Classes stored in a mask's ``GLNET_CLASSES`` tag (an open rasterio dataset), or None.
+
+    Raises ``ValueError`` if the tag is not a class list (``contract.parse_classes``).
+    """
     text = dataset.tags().get(CLASSES_TAG)
     if not text:
         return None
-    return [ClassInfo(int(c["value"]), str(c["name"]), tuple(int(v) for v in c["color"]))
-            for c in json.loads(text)]
+    return parse_classes(text)
 
 
 def colormap(classes: Sequence[ClassInfo]) -> dict[int, tuple[int, int, int, int]]:
@@ -68,16 +68,7 @@ def colormap(classes: Sequence[ClassInfo]) -> dict[int, tuple[int, int, int, int
 
 def temp_path(beside: Path, tag: str) -> Path:
     """A new empty temporary file in ``beside``'s folder (removed by the caller)."""
-    from .files import new_temp
-
     return new_temp(beside, f".{tag}.tif")
-
-
-def default_permissions(path: Path) -> None:
-    """Give a temporary file (created 0600) the permissions a new file would get (umask)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 def remove_quietly(path: Path | None) -> None:
@@ -187,36 +178,10 @@ def finish_cog(source: Path, destination: Path, *, categorical: bool,
     rasterio.shutil.copy(str(source), str(destination), driver="COG", strict=True, **options)
 
 
-# The mask's opacity in its style: the image shows through, the polygons' outlines on top.
-MASK_OPACITY = 0.5
-
-
 def write_qml(mask_path: Path, classes: Sequence[ClassInfo]) -> Path:
-    """Write ``<mask>.qml``: a QGIS paletted style with the class names as legend labels."""
-    entries = "\n".join(
-        f'        <paletteEntry value="{c.value}" alpha="255" '
-        f'color="#{c.color[0]:02x}{c.color[1]:02x}{c.color[2]:02x}" label={quoteattr(c.name)}/>'
-        for c in classes)
-    text = f"""<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
-<qgis version="3.22.0" styleCategories="Symbology">
-  <pipe>
-    <rasterrenderer type="paletted" band="1" opacity="{MASK_OPACITY:g}" alphaBand="-1" nodataColor="">
-      <rasterTransparency/>
-      <colorPalette>
-{entries}
-      </colorPalette>
-    </rasterrenderer>
-  </pipe>
-</qgis>
-"""
+    """Write ``<mask>.qml``: a QGIS paletted style with the class names as legend labels
+    (``contract.mask_qml``), replacing one that is there."""
     path = mask_path.with_suffix(".qml")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        default_permissions(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path, overwrite=True) as tmp:
+        tmp.write_text(mask_qml(classes), encoding="utf-8")
     return path

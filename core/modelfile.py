@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import NetConfig
+from .contract import ClassInfo
 from .errors import ModelFileError, OptionError
 from .files import atomic_output
 
@@ -36,15 +37,6 @@ _TORCH_DTYPES = {"torch.float64": "F64", "torch.float32": "F32", "torch.float16"
                  "torch.int16": "I16", "torch.int8": "I8", "torch.uint8": "U8", "torch.bool": "BOOL"}
 # Metadata key of the tensor data's SHA-256 (hex); files from before it have none.
 CHECKSUM_KEY = "sha256"
-
-
-@dataclass(frozen=True)
-class ClassInfo:
-    """One output class: its value in masks, its name and its RGB colour."""
-
-    value: int
-    name: str
-    color: tuple[int, int, int]
 
 
 @dataclass(frozen=True)

@@ -63,15 +63,16 @@ import shutil
 import sqlite3
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from xml.sax.saxutils import escape, quoteattr
+from xml.sax.saxutils import escape
 
 import numpy as np
 
 from .config import FORMATS, VectorizeOptions
+from .contract import CLASSES_TAG, ProgressFn, category_qml, temp_prefix
 from .errors import GlnetError, OptionError
 from .files import atomic_output, check_output_path, full_disk_as_error
 from .ground import Ground, ground_of, measure, to_world
@@ -91,9 +92,6 @@ QGIS_PIXEL_FRAME = (1.0, 0.0, 0.0, 0.0, -1.0, 0.0)
 _GDAL_CACHE = 64 * 1024 * 1024
 # Share of the progress bar given to the sieve (GDAL reports no progress of its own).
 SIEVE_SHARE = 0.2
-
-# progress(fraction in [0, 1], message=None), as in glnet.progress
-ProgressFn = Callable[..., None]
 
 
 @dataclass
@@ -127,7 +125,7 @@ def mask_classes(dataset, classes: Sequence[ClassInfo] | None = None
     if classes is not None:
         known = {int(c.value): c for c in classes}
     else:
-        from .masks import CLASSES_TAG, read_classes
+        from .masks import read_classes
 
         try:
             stored = read_classes(dataset)
@@ -693,7 +691,7 @@ def vectorize(mask: str | Path, output: str | Path, options: VectorizeOptions | 
         result = VectorizeResult(output, driver, layer, sieve_pixels=size if size > 1 else 0,
                                  warnings=notes)
         # (the disk check is left first, before the work folder and its space go)
-        with tempfile.TemporaryDirectory(prefix=f".{output.name}.", suffix=".work",
+        with tempfile.TemporaryDirectory(prefix=temp_prefix(output), suffix=".work",
                                          dir=output.parent) as work, full_disk_as_error(output):
             sieved = None
             span = (0.0, 1.0)
@@ -794,39 +792,6 @@ _STYLES_TABLE = """CREATE TABLE IF NOT EXISTS layer_styles (
   f_geometry_column TEXT(256), styleName TEXT(30), styleQML TEXT, styleSLD TEXT,
   useAsDefault BOOLEAN, description TEXT, owner TEXT(30), ui TEXT(30),
   update_time DATETIME DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')))"""
-
-
-def category_qml(classes: Sequence[ClassInfo], attribute: str = "class_id") -> str:
-    """A QGIS style (QML): a categorised renderer on ``attribute``, the class colour as
-    outline (no fill: the mask or the image shows through)."""
-    cats, symbols = [], []
-    for i, c in enumerate(classes):
-        rgb = ",".join(str(v) for v in c.color)
-        cats.append(f'      <category value="{c.value}" label={quoteattr(c.name)} '
-                    f'symbol="{i}" render="true"/>')
-        props = {"color": f"{rgb},0", "outline_color": f"{rgb},255",
-                 "outline_style": "solid", "outline_width": "0.4", "outline_width_unit": "MM",
-                 "style": "no", "joinstyle": "round"}
-        options = "".join(f'<Option name="{k}" value="{v}" type="QString"/>'
-                          for k, v in props.items())
-        legacy = "".join(f'<prop k="{k}" v="{v}"/>' for k, v in props.items())
-        symbols.append(
-            f'      <symbol type="fill" name="{i}" alpha="1" clip_to_extent="1" force_rhr="0">'
-            f'<layer class="SimpleFill" enabled="1" pass="0" locked="0">'
-            f'<Option type="Map">{options}</Option>{legacy}</layer></symbol>')
-    newline = "\n"
-    return f"""<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
-<qgis version="3.22.0" styleCategories="Symbology">
-  <renderer-v2 type="categorizedSymbol" attr="{escape(attribute)}" symbollevels="0" enableorderby="0" forceraster="0">
-    <categories>
-{newline.join(cats)}
-    </categories>
-    <symbols>
-{newline.join(symbols)}
-    </symbols>
-  </renderer-v2>
-</qgis>
-"""
 
 
 def category_sld(classes: Sequence[ClassInfo], layer: str, attribute: str = "class_id") -> str:

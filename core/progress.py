@@ -1,20 +1,20 @@
 """Progress of long runs: the engine calls a function, the front end decides how to show it.
 
 Engine functions take ``progress(fraction, message=None)`` with ``fraction``
-in [0, 1]. The CLI renders it as a progress bar on a terminal, as JSON lines
-on stderr for a controlling process (``glnet --progress json``, used by the
-QGIS plugin's worker), or not at all.
+in [0, 1] (``contract.ProgressFn``). The CLI renders it as a progress bar on a
+terminal, as JSON lines on stderr for a controlling process (``glnet
+--progress json``, used by the QGIS plugin's worker; the lines are
+``contract.progress_line`` and ``contract.message_line``), or not at all.
 """
 
 from __future__ import annotations
 
-import json
 import sys
-from collections.abc import Callable
 from typing import TextIO
 
-Progress = Callable[..., None]
+from .contract import ProgressFn, message_line, progress_line
 
+# The choices of ``glnet --progress``.
 KINDS = ("auto", "bar", "json", "none")
 
 
@@ -23,7 +23,7 @@ def silent(fraction: float, message: str | None = None) -> None:
 
 
 class JsonLines:
-    """``{"progress": 0.42}`` and ``{"message": "..."}`` lines, one event per line."""
+    """``{"progress": 0.42}`` and ``{"message": "..."}`` lines, one event per line (``contract``)."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stderr
@@ -32,13 +32,13 @@ class JsonLines:
     def __call__(self, fraction: float, message: str | None = None) -> None:
         fraction = min(max(float(fraction), 0.0), 1.0)
         if message:
-            self._emit({"message": message})
+            self._emit(message_line(message))
         if fraction - self.last >= 0.001 or fraction == 1.0:
             self.last = fraction
-            self._emit({"progress": round(fraction, 4)})
+            self._emit(progress_line(fraction))
 
-    def _emit(self, event: dict) -> None:
-        self.stream.write(json.dumps(event) + "\n")
+    def _emit(self, line: str) -> None:
+        self.stream.write(line + "\n")
         self.stream.flush()
 
 
@@ -63,7 +63,7 @@ class Bar:
         self.bar.close()
 
 
-def make(kind: str, desc: str = "") -> Progress:
+def make(kind: str, desc: str = "") -> ProgressFn:
     """The progress function for ``kind`` (``auto``: a bar on a terminal, else nothing)."""
     if kind == "auto":
         kind = "bar" if sys.stderr.isatty() else "none"

@@ -53,6 +53,7 @@ import numpy as np
 
 from .aoi import AreaOfInterest, read_aoi
 from .config import SegmentOptions
+from .contract import ProgressFn
 from .errors import Cancelled, GlnetError, OptionError
 from .files import (
     atomic_output,
@@ -68,8 +69,6 @@ from .precision import Precision, resolve_precision
 from .windows import Region, Strip, WindowGrid, WindowReader
 from .windows import strips as cut_strips
 
-# ``progress(fraction, message=None)``: the project's convention (``glnet.progress``).
-ProgressFn = Callable[..., None]
 CancelFn = Callable[[], bool]
 
 # The largest resampling factor, either way, that ``segment`` accepts without ``force_resample``.
@@ -997,7 +996,8 @@ def assemble_parts(job: SegmentJob, parts: list[tuple[Strip, Path, Path | None]]
 
 
 def _run(job: SegmentJob, run, tmp_out, tmp_prob, temps, report) -> SegmentResult:
-    from .masks import default_permissions, finish_cog, temp_path
+    from .files import default_permissions
+    from .masks import finish_cog, temp_path
 
     opts, meta, plan, output = job.opts, job.meta, job.plan, job.output
     with_probs = job.probabilities is not None

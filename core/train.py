@@ -29,7 +29,7 @@ from . import parallel
 from .config import MIN_SIZE, StageConfig, TrainConfig, TrainOptions, preset
 from .datasets import Rect, TrainingScene, WindowSampler, augment, split_regions, tile_rect
 from .errors import GlnetError, OptionError
-from .files import atomic_output
+from .files import atomic_output, remove_stale
 from .glnet import GLNet
 from .labels import IGNORE
 from .metrics import ConfusionMatrix
@@ -415,10 +415,8 @@ def _train(scenes, classes, output: Path, options: TrainOptions, resume: bool, l
 
 def _remove_stale_parts(output: Path) -> None:
     """Temporary files of a run that was killed (SIGKILL leaves no chance to clean up)."""
-    ckpt_path = checkpoint_path(output)
-    for stale in [*output.parent.glob(f".{output.name}.*.part"),
-                  *output.parent.glob(f".{ckpt_path.name}.*.part")]:
-        stale.unlink(missing_ok=True)
+    remove_stale(output)
+    remove_stale(checkpoint_path(output))
 
 
 def _own_torch_rng(device: torch.device):

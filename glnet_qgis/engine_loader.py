@@ -1,9 +1,9 @@
 """Access to the torch-free part of the glnet engine from inside QGIS.
 
 QGIS's Python has no torch, so the plugin uses only the engine modules that
-need nothing beyond the standard library: ``glnet.modelfile``,
-``glnet.config``, ``glnet.errors`` and ``glnet.palette``. They come from, in
-this order:
+need nothing beyond the standard library, ``glnet.contract.TORCH_FREE_MODULES``
+(``glnet.contract`` itself, ``glnet.modelfile`` and what it imports). They come
+from, in this order:
 
 1. an installed ``glnet`` (the zip's wheel or the source tree pip-installed into
    QGIS's Python);
@@ -32,7 +32,7 @@ ENGINE_DIRS = (
 def _engine_dir():
     for folder in ENGINE_DIRS:
         if all(os.path.isfile(os.path.join(folder, name))
-               for name in ("__init__.py", "modelfile.py", "errors.py")):
+               for name in ("__init__.py", "contract.py", "modelfile.py", "errors.py")):
             return folder
     return None
 
@@ -51,7 +51,8 @@ def _load_package(folder):
 
 
 def import_engine():
-    """The ``glnet`` package, with ``modelfile`` and ``errors`` imported.
+    """The ``glnet`` package, with its torch-free modules (``contract``, ``modelfile``,
+    ``errors``, ...) imported.
 
     Raises ImportError, with what to do about it, when no engine is found.
     """
@@ -68,6 +69,7 @@ def import_engine():
                     f"or reinstall the plugin with its engine folder ({ENGINE_DIRS[0]})"
                 ) from None
             _load_package(folder)
-    for name in ("errors", "config", "palette", "modelfile"):
+    contract = importlib.import_module("glnet.contract")
+    for name in contract.TORCH_FREE_MODULES:
         importlib.import_module(f"glnet.{name}")
     return sys.modules["glnet"]

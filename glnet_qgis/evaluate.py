@@ -14,7 +14,6 @@ from qgis.core import (
     QgsVectorLayer,
 )
 
-from . import worker
 from .algorithm import VECTOR_EXTENSIONS, GlnetAlgorithm, advanced, int_list, join
 
 
@@ -108,7 +107,7 @@ class EvaluateAlgorithm(GlnetAlgorithm):
         json_path = self.file_output(parameters, self.OUTPUT_JSON, context)
 
         result = self.run_engine("evaluate", args, feedback, echo_stdout=False)
-        scores = worker.last_json(result.stdout_lines)
+        scores = result.result
         if not isinstance(scores, dict):
             raise QgsProcessingException(
                 "the GLNet engine gave no scores: " + " | ".join(result.stdout_lines[-3:]))

@@ -7,9 +7,12 @@ renderer on ``class_id``, both with the class colours and names. The classes
 come from the mask's ``GLNET_CLASSES`` tag (read with GDAL, which QGIS has) or
 from the model file. Under ``qgis_process`` nothing is loaded and nothing here
 runs.
+
+The tag, the legend entries, the opacity and the outline width are the
+engine's (``glnet.contract``), as in the ``MASK.qml`` and GeoPackage styles it
+writes: the layers look the same however QGIS loads them.
 """
 
-import json
 import os
 
 from qgis.core import (
@@ -25,9 +28,8 @@ from qgis.core import (
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QColor
 
-CLASSES_TAG = "GLNET_CLASSES"
-NODATA = 255
-MASK_OPACITY = 0.5  # as in the engine's MASK.qml: the image under it, the outlines above
+from .engine_loader import import_engine
+
 # Set on a layer styled here (the number of classes), for tests and other tools.
 STYLED_PROPERTY = "glnet/styled_classes"
 # QGIS holds post-processors by pointer only: keep the Python objects alive.
@@ -35,29 +37,33 @@ _KEEP = []
 _KEEP_MAX = 256
 
 
+def _contract():
+    return import_engine().contract
+
+
 def mask_classes(path):
-    """``[(value, name, (r, g, b)), ...]`` from a mask's GLNET_CLASSES tag or colour table."""
+    """The classes (``ClassInfo``) of a mask's GLNET_CLASSES tag, else of its colour table."""
     try:
         from osgeo import gdal
     except ImportError:
         return []
+    contract = _contract()
     ds = gdal.OpenEx(path, gdal.OF_RASTER | gdal.OF_READONLY)
     if ds is None:
         return []
     try:
-        text = ds.GetMetadataItem(CLASSES_TAG)
+        text = ds.GetMetadataItem(contract.CLASSES_TAG)
         if text:
             try:
-                return [(int(c["value"]), str(c["name"]), tuple(int(v) for v in c["color"][:3]))
-                        for c in json.loads(text)]
-            except (ValueError, KeyError, TypeError):
+                return contract.parse_classes(text)
+            except ValueError:
                 pass
         band = ds.GetRasterBand(1)
         table = band.GetColorTable() if band is not None else None
         if table is None:
             return []
-        return [(i, f"class {i}", tuple(table.GetColorEntry(i)[:3]))
-                for i in range(min(table.GetCount(), NODATA))
+        return [contract.ClassInfo(i, f"class {i}", tuple(table.GetColorEntry(i)[:3]))
+                for i in range(min(table.GetCount(), contract.NODATA))
                 if table.GetColorEntry(i)[3] > 0]
     finally:
         ds = None
@@ -65,27 +71,28 @@ def mask_classes(path):
 
 def model_classes(meta):
     """The same list from a model's metadata."""
-    return [(c.value, c.name, tuple(c.color)) for c in meta.classes]
+    return list(meta.classes)
 
 
 def paletted_renderer(layer, classes):
-    entries = [QgsPalettedRasterRenderer.Class(value, QColor(*rgb), name)
-               for value, name, rgb in classes]
+    entries = [QgsPalettedRasterRenderer.Class(value, QColor(*rgba), label)
+               for value, label, rgba in _contract().legend(classes)]
     return QgsPalettedRasterRenderer(layer.dataProvider(), 1, entries)
 
 
 def categorized_renderer(layer, classes, field="class_id"):
     """Polygons as outlines in the class colour, no fill (the mask shows through)."""
+    contract = _contract()
     categories = []
-    for value, name, rgb in classes:
+    for value, label, rgba in contract.legend(classes):
         symbol = QgsSymbol.defaultSymbol(layer.geometryType())
-        symbol.setColor(QColor(*rgb))
+        symbol.setColor(QColor(*rgba))
         if layer.geometryType() == QgsWkbTypes.PolygonGeometry:
             fill = symbol.symbolLayer(0)
             fill.setBrushStyle(Qt.NoBrush)
-            fill.setStrokeColor(QColor(*rgb))
-            fill.setStrokeWidth(0.4)
-        categories.append(QgsRendererCategory(value, symbol, name))
+            fill.setStrokeColor(QColor(*rgba))
+            fill.setStrokeWidth(contract.OUTLINE_WIDTH_MM)
+        categories.append(QgsRendererCategory(value, symbol, label))
     return QgsCategorizedSymbolRenderer(field, categories)
 
 
@@ -102,7 +109,7 @@ class ClassStyler(QgsProcessingLayerPostProcessorInterface):
             return
         if isinstance(layer, QgsRasterLayer) and layer.bandCount() == 1:
             renderer = paletted_renderer(layer, self.classes)
-            renderer.setOpacity(MASK_OPACITY)
+            renderer.setOpacity(_contract().MASK_OPACITY)
             layer.setRenderer(renderer)
         elif isinstance(layer, QgsVectorLayer) and layer.fields().indexOf("class_id") >= 0:
             layer.setRenderer(categorized_renderer(layer, self.classes))

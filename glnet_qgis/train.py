@@ -1,7 +1,6 @@
 """Processing algorithm ``glnet:train``: ``glnet train`` in the worker."""
 
 import os
-import re
 
 from qgis.core import (
     QgsProcessing,
@@ -236,7 +235,7 @@ class TrainAlgorithm(GlnetAlgorithm):
 
         result = self.run_engine("train", args, feedback, outputs=[output])
         results = {self.OUTPUT: output}
-        match = re.search(r"validation mIoU ([0-9.]+)", result.stdout)
-        if match:
-            results[self.BEST_MIOU] = float(match[1])
+        best = (result.result or {}).get("best_miou")  # None: no validation area
+        if best is not None:
+            results[self.BEST_MIOU] = float(best)
         return results

@@ -10,9 +10,15 @@ and follows it:
   any other stderr line is logged as console output;
 * a failed run ends with ``glnet COMMAND: error: <one line>`` on stderr and
   exit code 1 (2 for usage errors): that line becomes the error message;
+* train, segment and evaluate end their stdout with their result, one JSON
+  object line (``Result.result``);
 * cancelling sends SIGTERM; the engine unwinds, removes its temporary files
   and exits with 130. A worker still alive after ``TERMINATE_GRACE`` seconds
   is killed, and the temporary files it left beside the outputs removed.
+
+These lines, exit codes and temporary names are defined once, in the engine's
+``glnet.contract`` (a module of the standard library only, which the plugin
+imports through ``engine_loader``).
 
 The Python is found, in this order (the first that imports ``glnet.cli``):
 
@@ -29,13 +35,14 @@ Without one, the error names that algorithm and a pip command that installs
 the engine by hand: the wheel in the plugin's ``wheels/`` folder (``make
 plugin`` builds it), or the source checkout the plugin lies in.
 
-This module needs only the standard library (QGIS is imported lazily, for the
-setting), so it can be tested without QGIS.
+This module needs only the standard library and ``glnet.contract`` (QGIS is
+imported lazily, for the setting), so it can be tested without QGIS.
 """
 
 from __future__ import annotations
 
 import glob
+import importlib
 import json
 import os
 import queue
@@ -69,7 +76,6 @@ EXTRAS = "pretrained"
 CHECK_TIMEOUT = 60
 TERMINATE_GRACE = 5.0
 POLL_SECONDS = 0.1
-CANCELLED_EXIT = 130
 
 _checked: dict[str, tuple[bool, str]] = {}
 _found: list[str] = []
@@ -85,6 +91,19 @@ class EngineError(Exception):
 
 class EngineCancelled(Exception):
     """The run was cancelled and the worker stopped."""
+
+
+def _contract():
+    """``glnet.contract``: the engine's line formats and temporary names.
+
+    Through ``engine_loader`` in the plugin; loaded on its own, outside the
+    package (as the tests load it, by path), from the ``glnet`` on ``sys.path``.
+    """
+    if __package__:
+        from .engine_loader import import_engine
+
+        return import_engine().contract
+    return importlib.import_module("glnet.contract")
 
 
 # --------------------------------------------------------------------------- discovery
@@ -371,22 +390,17 @@ def _stderr_line(log: _Log, line: str, errors: list[str]) -> None:
     text = dialog_terms(line.strip())
     if not text:
         return
-    if text.startswith("{"):
-        try:
-            event = json.loads(text)
-        except ValueError:
-            event = None
-        if isinstance(event, dict):
-            if "message" in event:
-                log.info(str(event["message"]))
-            if "progress" in event:
-                try:
-                    log.progress(float(event["progress"]))
-                except (TypeError, ValueError):
-                    pass
-            return
+    contract = _contract()
+    event = contract.parse_event(text)
+    if event is not None:
+        fraction, message = event
+        if message is not None:
+            log.info(message)
+        if fraction is not None:
+            log.progress(fraction)
+        return
     errors.append(text)
-    if re.match(r"^glnet [\w-]+: (error: |cancelled$)", text):
+    if contract.is_verdict(text):
         # The run's own verdict: the algorithm raises it (error_message), and
         # echoing it here too would show the user every error twice.
         return
@@ -402,12 +416,11 @@ def _stderr_line(log: _Log, line: str, errors: list[str]) -> None:
 
 def error_message(command: str, returncode: int, stderr_lines: list[str]) -> str:
     """The one-line message of a failed run."""
-    prefix = f"glnet {command}: "
+    contract = _contract()
     for line in reversed(stderr_lines):
-        if line.startswith(prefix + "error: "):
-            return line[len(prefix + "error: "):]
-        if line.startswith(prefix):
-            return line[len(prefix):]
+        text = contract.error_text(command, line)
+        if text is not None:
+            return text
     for line in reversed(stderr_lines):
         if line.startswith(("glnet: error: ", "usage: ")):
             continue
@@ -421,26 +434,15 @@ def error_message(command: str, returncode: int, stderr_lines: list[str]) -> str
     return f"the GLNet engine failed with exit code {returncode}" + (f": {tail}" if tail else "")
 
 
-def _partial_pattern(name: str):
-    """The engine's temporary names beside an output ``name`` (see glnet.files and glnet.masks).
-
-    ``.NAME.<8 random>.part``, ``.NAME.<8>.<tag>.tif`` (with GDAL's sidecars),
-    ``.NAME.<8>.work`` folders, and the same for sidecars ``.STEM.qml``, ``.STEM.ckpt``.
-    """
-    stem = os.path.splitext(name)[0]
-    return re.compile(
-        rf"^\.(?:{re.escape(name)}(?:\.ckpt)?|{re.escape(stem)}\.\w+)\.[a-z0-9_]{{8}}"
-        r"\.(?:part|work|\w+\.tif)(?:\.(?:ovr|aux\.xml|msk|tmp))*$")
-
-
 def remove_partial_outputs(outputs) -> list[str]:
-    """Remove the temporary files a killed worker left beside ``outputs``."""
+    """Remove the temporary files a killed worker left beside ``outputs`` and their sidecars
+    (``glnet.contract.temp_pattern``)."""
     removed = []
     for out in outputs:
         if not out:
             continue
         folder, name = os.path.split(os.path.abspath(str(out)))
-        pattern = _partial_pattern(name)
+        pattern = _contract().temp_pattern(name, sidecars=True)
         try:
             entries = os.listdir(folder)
         except OSError:
@@ -472,6 +474,12 @@ class Result:
     @property
     def stdout(self) -> str:
         return "\n".join(self.stdout_lines)
+
+    @property
+    def result(self):
+        """The result object of the last stdout line (``glnet.contract.result_line``), or None."""
+        lines = [line for line in self.stdout_lines if line.strip()]
+        return _contract().parse_result(lines[-1]) if lines else None
 
 
 def follow(argv: list[str], log: _Log, on_stdout, on_stderr, what: str) -> tuple[int, bool, bool]:
@@ -562,9 +570,12 @@ def run_engine(command: str, args: list[str], feedback=None, outputs=(), python:
     stdout_lines: list[str] = []
     stderr_lines: list[str] = []
 
+    contract = _contract()
+
     def on_stdout(line: str) -> None:
         stdout_lines.append(line)
-        if echo_stdout and line.strip():
+        # The result object is for the algorithm; the line before it says the same to people.
+        if echo_stdout and line.strip() and contract.parse_result(line) is None:
             log.info(line)
 
     try:
