@@ -77,7 +77,7 @@ plugin:
 	cp core/*.py $(PLUGIN_BUILD)/glnet_qgis/engine/
 	cp resources/models/*.model3 $(PLUGIN_BUILD)/glnet_qgis/models/
 	cp -r pyproject.toml README.md LICENSE core $(PLUGIN_BUILD)/wheel-src/
-	rm -rf $(PLUGIN_BUILD)/wheel-src/core/__pycache__
+	find $(PLUGIN_BUILD)/wheel-src/core -name __pycache__ -prune -exec rm -rf {} +
 	cd $(PLUGIN_BUILD)/wheel-src && $(PLUGIN_PYTHON) -m pip wheel --quiet --no-deps \
 		--no-build-isolation --no-index -w $(abspath $(PLUGIN_BUILD))/glnet_qgis/wheels .
 	rm -rf $(PLUGIN_BUILD)/wheel-src

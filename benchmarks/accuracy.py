@@ -12,7 +12,7 @@ Methods
 -------
 All three are one preset's network (``--preset``, default ``lite``: EfficientNet-Lite0
 trunks from ImageNet weights, FPN 64 / 16, 1x1 fusion), trained with
-``glnet.train.train`` (Adam, poly schedule over each stage, focal loss, flips
+``glnet.train.training.train`` (Adam, poly schedule over each stage, focal loss, flips
 and rotations) with the training defaults (every stage at 1e-4, decoders at 10x
 with pretrained trunks, no weak coupling with pretrained trunks; pretrained trunks keep their
 BatchNorm statistics; ``--lr``, ``--decoder-lr-factor`` and ``--coupling-weight`` override), seeded, without validation (the whole training area is used for
@@ -68,7 +68,7 @@ Dubai
     image.
 
 Scores come from ``glnet.evaluate.evaluate_model`` / ``evaluate_model_on_dataset``
-(what ``glnet evaluate -m`` runs): the scene is segmented by ``glnet.segment``
+(what ``glnet evaluate -m`` runs): the scene is segmented by ``glnet.segment.scene``
 (windows overlapping by a quarter, smooth blending) into a mask, and the
 project's confusion matrix gives per-class IoU and mIoU (the mean over classes
 present in the reference or the prediction; a class predicted but absent from
@@ -157,7 +157,7 @@ def loveda_data(work: Path, source: Path, holdout: float) -> dict:
 
 def method_options(method: str, args: argparse.Namespace, seed: int):
     from glnet.config import TrainConfig
-    from glnet.train import TrainOptions
+    from glnet.train.training import TrainOptions
 
     common = dict(preset=args.preset, val_fraction=0.0, seed=seed, threads=args.threads,
                   decoder_lr_factor=args.decoder_lr_factor,
@@ -215,11 +215,11 @@ def budget_of(method: str, args: argparse.Namespace) -> dict:
 
 def run_method(dataset: str, method: str, data: dict, args: argparse.Namespace, work: Path,
                seed: int) -> dict:
-    from glnet.datasets import scenes_from_folder, scenes_from_pairs
     from glnet.evaluate import evaluate_model, evaluate_model_on_dataset
     from glnet.modelfile import read_metadata
-    from glnet.segment import SegmentOptions
-    from glnet.train import train
+    from glnet.segment.scene import SegmentOptions
+    from glnet.train.datasets import scenes_from_folder, scenes_from_pairs
+    from glnet.train.training import train
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -4,9 +4,9 @@ In one run of this script, on the same generated scene (streamed to disk,
 deleted afterwards) and the same model (the chosen preset, random weights:
 speed does not depend on them):
 
-* ``single``: ``glnet.segment.segment`` in a child process with ``--threads``
+* ``single``: ``glnet.segment.scene.segment`` in a child process with ``--threads``
   torch threads (default 2): the baseline;
-* ``dask 1x1`` and ``dask 2x1``: ``glnet.distributed.segment_scenes`` on a
+* ``dask 1x1`` and ``dask 2x1``: ``glnet.segment.distributed.segment_scenes`` on a
   LocalCluster of 1 and 2 worker processes with one thread each.
 
 Each row gives wall time, megapixels per second and the ratio to the
@@ -39,7 +39,7 @@ from scene_scale import generate_scene, run_child  # noqa: E402
 SINGLE = r"""
 import json, sys, time
 import torch
-from glnet.segment import SegmentOptions, segment
+from glnet.segment.scene import SegmentOptions, segment
 a = json.loads(sys.argv[1])
 torch.set_num_threads(a["threads"])
 t = time.perf_counter()
@@ -50,9 +50,9 @@ print(json.dumps({"seconds": time.perf_counter() - t, "windows": res.windows}))
 
 
 def run_dask(scene: Path, model: Path, output: Path, workers: int) -> dict:
-    from glnet.distributed import connect, plan_strips, segment_scenes, strip_overhead
     from glnet.modelfile import read_metadata
-    from glnet.segment import SegmentOptions, plan_job
+    from glnet.segment.distributed import connect, plan_strips, segment_scenes, strip_overhead
+    from glnet.segment.scene import SegmentOptions, plan_job
 
     opts = SegmentOptions(threads=1, overwrite=True, style=False)
     job = plan_job(scene, read_metadata(model), output, opts, model)
@@ -91,8 +91,8 @@ def main(argv=None) -> int:
     import torch
 
     from glnet.config import preset
-    from glnet.glnet import GLNet
     from glnet.modelfile import ClassInfo, ModelMeta, save_model
+    from glnet.nn.glnet import GLNet
 
     side = int(math.sqrt(args.megapixels * 1e6))
     work = Path(tempfile.mkdtemp(prefix="glnet-dist-bench-"))

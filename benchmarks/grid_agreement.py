@@ -74,8 +74,8 @@ def shift_floor(scene, model_path, side: int, shifts, device: str, threads,
     from rasterio.windows import Window
 
     from glnet.modelfile import load_model
-    from glnet.predict import predict_window
-    from glnet.tensors import to_tensor
+    from glnet.nn.predict import predict_window
+    from glnet.raster.tensors import to_tensor
 
     if threads:
         torch.set_num_threads(threads)
@@ -145,8 +145,8 @@ def main(argv=None) -> int:
     import rasterio
 
     from glnet.modelfile import read_metadata
-    from glnet.segment import SegmentOptions, segment
-    from glnet.windows import WindowGrid
+    from glnet.raster.windows import WindowGrid
+    from glnet.segment.scene import SegmentOptions, segment
 
     meta = read_metadata(args.model)
     work = Path(tempfile.mkdtemp(prefix="glnet-grids-"))

@@ -73,9 +73,9 @@ import torch
 from peer import SingleBranchFPN
 
 from glnet.config import PRESETS, preset
-from glnet.glnet import GLNet
-from glnet.patches import PatchGrid
-from glnet.predict import predict_window
+from glnet.nn.glnet import GLNet
+from glnet.nn.patches import PatchGrid
+from glnet.nn.predict import predict_window
 
 # Default window side per preset; None keeps the preset's own window_size.
 DEFAULT_WINDOWS = {"lite": None, "fast": None, "official": 1224}

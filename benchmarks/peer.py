@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from glnet.config import preset
-from glnet.glnet import GLNet
-from glnet.precision import network_precision
+from glnet.nn.glnet import GLNet
+from glnet.nn.precision import network_precision
 
 # Raster Vision / GeoAI style geometry: 512 px chips every 384 px (128 px overlap).
 CHIP = 512

@@ -79,7 +79,7 @@ def measure(scene: Path, model: Path, args: argparse.Namespace, work: Path) -> d
     import rasterio
 
     from glnet.modelfile import read_metadata
-    from glnet.segment import SegmentOptions, segment
+    from glnet.segment.scene import SegmentOptions, segment
 
     meta = read_metadata(model)
     extent = crop_extent(scene, args.crop, args.offset)
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from glnet.precision import resolve_precision
+    from glnet.nn.precision import resolve_precision
 
     started = time.perf_counter()
     rows = []

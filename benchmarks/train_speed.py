@@ -26,9 +26,9 @@ from pathlib import Path
 
 def run(scene: Path, labels: Path, out: Path, prefetch: bool, args) -> tuple[float, int, dict]:
     from glnet.config import TrainConfig
-    from glnet.datasets import scenes_from_pairs
     from glnet.modelfile import load_model
-    from glnet.train import TrainOptions, train
+    from glnet.train.datasets import scenes_from_pairs
+    from glnet.train.training import TrainOptions, train
 
     scenes, classes = scenes_from_pairs([scene], [labels])
     epochs = [int(v) for v in args.epochs.split(",")]

@@ -31,7 +31,7 @@ from .config import (
 )
 from .errors import GlnetError, OptionError
 from .files import check_output_path
-from .precision import PRECISIONS
+from .nn.precision import PRECISIONS
 from .progress import KINDS as PROGRESS_KINDS
 
 
@@ -428,9 +428,9 @@ def _float_list(text: str) -> list[float]:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .datasets import scenes_from_folder, scenes_from_pairs
-    from .labels import read_classes_json
-    from .train import checkpoint_path, train
+    from .raster.labels import read_classes_json
+    from .train.datasets import scenes_from_folder, scenes_from_pairs
+    from .train.training import checkpoint_path, train
 
     if args.tiles is not None and not args.dataset:
         raise GlnetError("--tiles applies with --dataset FOLDER only")
@@ -596,12 +596,12 @@ def _stderr(report, text: str) -> None:
 def _segment(args: argparse.Namespace) -> int:
     from .modelfile import read_metadata
     from .progress import JsonLines
-    from .segment import describe_plan, plan_job, segment, source_path
+    from .segment.scene import describe_plan, plan_job, segment, source_path
 
     scenes = [source_path(s) for s in args.scenes]
     several = len(scenes) > 1 or args.scheduler is not None or args.output.is_dir()
     if several:
-        from .distributed import output_paths
+        from .segment.distributed import output_paths
 
         if len(scenes) > 1 and (args.polygons or args.probabilities):
             raise GlnetError("--polygons and --probabilities take one scene at a time")
@@ -610,7 +610,7 @@ def _segment(args: argparse.Namespace) -> int:
         outputs = [args.output]
     vectorize = None
     if args.polygons is not None:
-        from .polygons import vectorize
+        from .vectorize.polygons import vectorize
 
         check_output_path(args.polygons, args.overwrite,
                           inputs=[*scenes, args.model, outputs[0]])
@@ -646,7 +646,7 @@ def _segment(args: argparse.Namespace) -> int:
 
     try:
         if args.scheduler is not None:
-            from .distributed import connect, segment_scenes
+            from .segment.distributed import connect, segment_scenes
 
             with connect(args.scheduler, threads_per_worker=args.threads or 1) as client:
                 show_plans()
@@ -679,7 +679,7 @@ def _segment(args: argparse.Namespace) -> int:
         print(f"wrote {args.probabilities}: {kind} in percent")
     vectorized = None
     if vectorize is not None:
-        from .polygons import summary
+        from .vectorize.polygons import summary
 
         vectorized = vectorize(outputs[0], args.polygons,
                                VectorizeOptions(overwrite=args.overwrite))
@@ -689,7 +689,7 @@ def _segment(args: argparse.Namespace) -> int:
 
 
 def _vectorize(args: argparse.Namespace) -> int:
-    from .polygons import summary, vectorize
+    from .vectorize.polygons import summary, vectorize
 
     options = VectorizeOptions(
         min_area=args.min_area, min_pixels=args.min_pixels, simplify=args.simplify,
@@ -723,7 +723,7 @@ def _info(args: argparse.Namespace) -> int:
 
 def _import_official(args: argparse.Namespace) -> int:
     from .modelfile import save_model
-    from .official import deepglobe_meta, load_checkpoint, model_from_official
+    from .nn.official import deepglobe_meta, load_checkpoint, model_from_official
 
     check_output_path(args.output, args.overwrite, inputs=[args.g, args.g2l, args.l2g])
     states = [load_checkpoint(p) if p is not None else None for p in (args.g, args.g2l, args.l2g)]

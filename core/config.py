@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from .errors import GlnetError, OptionError
-from .precision import DEFAULT_PRECISION, PRECISIONS
+from .nn.precision import DEFAULT_PRECISION, PRECISIONS
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "efficientnet_lite0")
 
@@ -357,7 +357,7 @@ class SegmentOptions:
         device: "cpu" or "cuda[:n]".
         precision: "fp32", "bf16" (the network under bf16 autocast; probabilities
             still formed and blended in fp32) or "auto": bf16 where the device
-            computes it natively (``glnet.precision``), else fp32. bf16 on a
+            computes it natively (``glnet.nn.precision``), else fp32. bf16 on a
             device without native support runs emulated, with a warning.
             Default ``precision.DEFAULT_PRECISION`` (auto).
         threads: torch threads (None: torch's default).

@@ -33,10 +33,10 @@ import numpy as np
 
 from .contract import CLASSES_TAG, NODATA
 from .errors import GlnetError
-from .ground import describe_crs
-from .labels import IGNORE, RasterLabels, RasterWording, VectorLabels, VectorWording, _exists
-from .labels import _open_raster as open_raster
 from .metrics import ConfusionMatrix
+from .raster.ground import describe_crs
+from .raster.labels import IGNORE, RasterLabels, RasterWording, VectorLabels, VectorWording, _exists
+from .raster.labels import _open_raster as open_raster
 
 MAX_CLASSES = 255
 VECTOR_DEFAULT_FIELDS = ("class_id", "class_name")
@@ -96,7 +96,7 @@ def _class_raster(ds, path: Path, role: str) -> None:
 
 
 def _tag_classes(ds, path: Path) -> list | None:
-    from .masks import read_classes
+    from .raster.masks import read_classes
 
     try:
         return read_classes(ds)
@@ -356,7 +356,7 @@ def evaluate_model(model: str | Path, scene: str | Path, reference: str | Path, 
                    progress: Callable[..., None] | None = None) -> Evaluation:
     """Segment ``scene`` with ``model`` and score the mask against ``reference``.
 
-    The scene is segmented by ``glnet.segment`` (streamed window by window) into
+    The scene is segmented by ``glnet.segment.scene`` (streamed window by window) into
     a temporary mask that is removed afterwards, then scored exactly as
     ``evaluate(mask, reference)``. ``segment_options`` (a ``SegmentOptions``)
     sets bands, mode, device, threads and so on. Reference values must be among
@@ -365,7 +365,7 @@ def evaluate_model(model: str | Path, scene: str | Path, reference: str | Path, 
     import tempfile
 
     from .modelfile import read_metadata
-    from .segment import SegmentOptions, segment
+    from .segment.scene import SegmentOptions, segment
 
     model_path, scene_path, ref_path = Path(model), Path(scene), Path(reference)
     for p in (model_path, scene_path, ref_path):
@@ -411,9 +411,9 @@ def evaluate_model_on_dataset(model: str | Path, folder: str | Path, *,
 
     from rasterio.windows import Window
 
-    from .datasets import scenes_from_folder
     from .modelfile import read_metadata
-    from .segment import SegmentOptions, segment
+    from .segment.scene import SegmentOptions, segment
+    from .train.datasets import scenes_from_folder
 
     model_path, folder = Path(model), Path(folder)
     if not model_path.exists():

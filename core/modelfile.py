@@ -357,7 +357,7 @@ def load_model(path: str | Path, device: str = "cpu"):
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from .glnet import GLNet
+    from .nn.glnet import GLNet
 
     path = Path(path)
     meta, table = check_model_file(path)
@@ -382,7 +382,7 @@ def _check_against_network(path: Path, table: dict, net: NetConfig, context: boo
     """
     import torch
 
-    from .glnet import GLNet
+    from .nn.glnet import GLNet
 
     with torch.device("meta"):
         own = {k: (_TORCH_DTYPES.get(str(v.dtype), str(v.dtype)), tuple(v.shape))

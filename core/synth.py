@@ -8,7 +8,7 @@
     name the bands (red, green, blue, nir ...).
 ``labels.tif``
     uint8 class values on the same grid, nodata 255, a colour table and the
-    ``GLNET_CLASSES`` tag (the project's mask format, see ``masks.py``).
+    ``GLNET_CLASSES`` tag (the project's mask format, see ``raster/masks.py``).
 ``labels.gpkg``
     the label polygons (layer ``labels``, fields ``class_id`` and
     ``class_name``) in the scene's CRS. They are labels.tif polygonized (GDAL
@@ -65,8 +65,8 @@ import numpy as np
 
 from .errors import GlnetError
 from .files import atomic_output, check_output_path, full_disk_as_error
-from .masks import CLASSES_TAG, MASK_DESCRIPTION, NODATA, classes_json, colormap
 from .modelfile import ClassInfo
+from .raster.masks import CLASSES_TAG, MASK_DESCRIPTION, NODATA, classes_json, colormap
 
 CLASSES: tuple[ClassInfo, ...] = (
     ClassInfo(0, "grassland", (163, 204, 122)),

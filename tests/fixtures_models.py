@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from glnet.config import NetConfig, StageConfig, TrainConfig
-from glnet.glnet import GLNet
 from glnet.modelfile import ClassInfo, ModelMeta
-from glnet.predict import predict_window
-from glnet.stages import make_optimizer, poly_factor, train_step
+from glnet.nn.glnet import GLNet
+from glnet.nn.predict import predict_window
+from glnet.train.stages import make_optimizer, poly_factor, train_step
 
 TINY = NetConfig(backbone="resnet18", in_channels=3, num_classes=3, fpn_channels=16,
                  smooth_channels=8, fuse_kernel=1, window_size=112, global_size=64,

@@ -6,8 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from glnet.glnet import GLNet
 from glnet.modelfile import default_meta, save_model
+from glnet.nn.glnet import GLNet
 
 GLNET = [str(Path(sys.executable).with_name("glnet"))]
 

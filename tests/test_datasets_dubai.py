@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 from rasterio.windows import Window
 
-from glnet.datasets import DUBAI_CLASSES, dubai_scenes, scenes_from_folder
 from glnet.errors import GlnetError
-from glnet.labels import IGNORE
+from glnet.raster.labels import IGNORE
+from glnet.train.datasets import DUBAI_CLASSES, dubai_scenes, scenes_from_folder
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 DUBAI = REAL / "dubai-aerial"

@@ -20,12 +20,12 @@ import rasterio
 from rasterio.transform import from_origin
 
 from glnet.errors import GlnetError
-from glnet.segment import SegmentOptions, plan_job, segment
-from glnet.windows import AxisPlan, strips
+from glnet.raster.windows import AxisPlan, strips
+from glnet.segment.scene import SegmentOptions, plan_job, segment
 
 distributed = pytest.importorskip("distributed")
 
-from glnet.distributed import connect, output_paths, segment_scenes  # noqa: E402
+from glnet.segment.distributed import connect, output_paths, segment_scenes  # noqa: E402
 
 OPTS = SegmentOptions(threads=1)
 

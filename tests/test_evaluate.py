@@ -21,8 +21,8 @@ from rasterio.warp import transform_geom
 from glnet import synth
 from glnet.errors import GlnetError
 from glnet.evaluate import evaluate
-from glnet.masks import classes_json
 from glnet.metrics import ConfusionMatrix
+from glnet.raster.masks import classes_json
 
 GLNET = str(Path(sys.executable).with_name("glnet"))
 SIZE = 512
@@ -343,7 +343,7 @@ def land_model(land, tmp_path_factory):
 
 def test_model_against_labels_equals_segment_then_evaluate(land, land_model, tmp_path):
     from glnet.evaluate import evaluate_model
-    from glnet.segment import SegmentOptions
+    from glnet.segment.scene import SegmentOptions
 
     out, labels, _ = land
     mask = tmp_path / "mask.tif"
@@ -401,7 +401,7 @@ def _loveda_folder(root: Path, out: Path, tiles: int = 2) -> Path:
 def test_model_against_a_dataset_folder(land, land_model, tmp_path):
     from glnet.cli import main
     from glnet.evaluate import evaluate_model_on_dataset
-    from glnet.segment import SegmentOptions, segment
+    from glnet.segment.scene import SegmentOptions, segment
 
     out, _, _ = land
     folder = _loveda_folder(tmp_path / "loveda", out)

@@ -1,4 +1,4 @@
-"""Metres per pixel (``glnet.ground.ground_pixel_size``) against geodesic distances on the
+"""Metres per pixel (``glnet.raster.ground.ground_pixel_size``) against geodesic distances on the
 WGS 84 ellipsoid: projected grids in metres and US survey feet, and degrees at the equator
 and at 60 degrees north; real rasters of the shared data where they are here."""
 
@@ -13,7 +13,7 @@ from rasterio.crs import CRS
 from rasterio.transform import Affine
 from rasterio.warp import transform as warp_transform
 
-from glnet.ground import ground_of, ground_pixel_size
+from glnet.raster.ground import ground_of, ground_pixel_size
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 TOLERANCE = 0.005

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from glnet.config import NetConfig, preset
-from glnet.glnet import GLNet
-from glnet.patches import PatchGrid, axis_starts
-from glnet.predict import predict_window
-from glnet.refinement import RefinePolicy, foreground_box, select_patches
+from glnet.nn.glnet import GLNet
+from glnet.nn.patches import PatchGrid, axis_starts
+from glnet.nn.predict import predict_window
+from glnet.nn.refinement import RefinePolicy, foreground_box, select_patches
 
 
 def test_released_patch_grid():

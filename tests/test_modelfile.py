@@ -14,10 +14,10 @@ import torch
 from safetensors.torch import save_file
 
 from glnet.errors import ModelFileError
-from glnet.glnet import GLNet
 from glnet.modelfile import ClassInfo, default_meta, load_model, read_metadata, save_model
-from glnet.official import load_checkpoint
-from glnet.predict import predict_window
+from glnet.nn.glnet import GLNet
+from glnet.nn.official import load_checkpoint
+from glnet.nn.predict import predict_window
 
 
 class Payload:

@@ -15,9 +15,9 @@ BIN = Path(sys.executable).parent
 RANK_SCRIPT = r"""
 import sys, torch
 from glnet.config import NetConfig, TrainConfig
-from glnet.glnet import GLNet
-from glnet.parallel import AveragingOptimizer, from_env
-from glnet.stages import make_optimizer, train_step
+from glnet.nn.glnet import GLNet
+from glnet.train.parallel import AveragingOptimizer, from_env
+from glnet.train.stages import make_optimizer, train_step
 
 torch.set_num_threads(1)
 ranks = from_env()
@@ -67,7 +67,7 @@ def test_two_gloo_ranks_train_to_identical_weights(tmp_path):
     # and they trained: the local branch moved away from a fresh model's weights
     torch.manual_seed(0)
     from glnet.config import NetConfig
-    from glnet.glnet import GLNet
+    from glnet.nn.glnet import GLNet
 
     fresh = GLNet(NetConfig(backbone="resnet18", in_channels=3, num_classes=3, fpn_channels=16,
                             smooth_channels=8, fuse_kernel=1, window_size=96, global_size=48,

@@ -1,4 +1,4 @@
-"""Polygons from masks (glnet.polygons, ``glnet vectorize``) on real files.
+"""Polygons from masks (glnet.vectorize.polygons, ``glnet vectorize``) on real files.
 
 Masks are real GeoTIFFs written with rasterio; outputs are read back with
 fiona; ``gdal_polygonize.py`` (the system GDAL's) is the reference for the
@@ -26,7 +26,13 @@ from shapely.geometry import shape
 
 from glnet.errors import Cancelled, GlnetError
 from glnet.modelfile import ClassInfo
-from glnet.polygons import FIELDS, VectorizeOptions, read_layer_style, smooth_coverage, vectorize
+from glnet.vectorize.polygons import (
+    FIELDS,
+    VectorizeOptions,
+    read_layer_style,
+    smooth_coverage,
+    vectorize,
+)
 
 GDAL_POLYGONIZE = Path("/usr/bin/gdal_polygonize.py")
 SPACENET = Path("/work/shared/data/real/spacenet-atlanta-buildings")

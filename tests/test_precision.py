@@ -22,8 +22,8 @@ from test_segment import read, write_scene
 
 from glnet.cli import main
 from glnet.errors import OptionError
-from glnet.precision import cpu_bf16_flags, resolve_precision
-from glnet.segment import SegmentOptions, describe_plan, plan_job, segment
+from glnet.nn.precision import cpu_bf16_flags, resolve_precision
+from glnet.segment.scene import SegmentOptions, describe_plan, plan_job, segment
 
 OPTS = SegmentOptions(threads=1, overviews=False)
 # What "auto" is on this machine's CPU.

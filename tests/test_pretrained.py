@@ -12,18 +12,18 @@ import rasterio
 import torch
 from rasterio.transform import from_origin
 
-from glnet.backbone import adapt_first_conv
 from glnet.cli import main
 from glnet.config import preset
-from glnet.efficientnet import (
+from glnet.errors import ModelFileError
+from glnet.modelfile import load_model, read_metadata
+from glnet.nn.backbone import adapt_first_conv
+from glnet.nn.efficientnet import (
     LITE0_WEIGHTS,
     EfficientNetLiteTrunk,
     load_lite0_weights,
     weights_path,
 )
-from glnet.errors import ModelFileError
-from glnet.glnet import GLNet
-from glnet.modelfile import load_model, read_metadata
+from glnet.nn.glnet import GLNet
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 DUBAI = REAL / "dubai-aerial"
@@ -161,8 +161,8 @@ def test_lite_training_records_trunk_scaling_and_init(tmp_path, capsys, bands, d
 
 
 def test_steps_budget_counts_optimiser_steps(tmp_path):
-    from glnet.datasets import scenes_from_pairs
-    from glnet.train import TrainOptions, train
+    from glnet.train.datasets import scenes_from_pairs
+    from glnet.train.training import TrainOptions, train
 
     img, lab = _write_pair(tmp_path)
     scenes, classes = scenes_from_pairs([img], [lab])
@@ -196,7 +196,7 @@ def test_weights_package_missing_is_one_clear_line():
 
 def test_training_defaults_follow_the_trunks():
     from glnet.errors import OptionError
-    from glnet.train import (
+    from glnet.train.training import (
         PRETRAINED_COUPLING_WEIGHT,
         PRETRAINED_DECODER_LR_FACTOR,
         TrainOptions,

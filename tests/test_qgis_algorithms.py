@@ -374,7 +374,7 @@ def test_importofficial_passes_the_checkpoints_and_reports_engine_errors(qgis, t
                           f"OUTPUT={tmp_path / 'deepglobe.glnet'}")
     # The message `glnet import-official` prints after "error: ".
     from glnet.errors import GlnetError
-    from glnet.official import load_checkpoint
+    from glnet.nn.official import load_checkpoint
 
     with pytest.raises(GlnetError) as err:
         load_checkpoint(g)
@@ -392,7 +392,7 @@ def test_importofficial_converts_the_checkpoints(qgis, tmp_path):
     import torch
 
     from glnet.config import preset
-    from glnet.official import convert_state, deepglobe_meta
+    from glnet.nn.official import convert_state, deepglobe_meta
 
     params = json.loads((REFERENCE_DIR / "official_state_dict.json").read_text())["params"]
     # Released-style checkpoints (nn.DataParallel's "module." keys), filled cheaply.

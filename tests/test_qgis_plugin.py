@@ -55,8 +55,8 @@ def modelinfo(qgis: Qgis, model: Path, *extra: str) -> subprocess.CompletedProce
 def model_file(tmp_path_factory) -> Path:
     """A real model file written by the engine (3 classes, 4 bands, stages 1 and 2)."""
     from glnet.config import preset
-    from glnet.glnet import GLNet
     from glnet.modelfile import ClassInfo, default_meta, save_model
+    from glnet.nn.glnet import GLNet
 
     net = preset("fast", num_classes=3, in_channels=4)
     classes = tuple(ClassInfo(i, name, color) for i, (name, color) in enumerate(CLASSES))

@@ -19,9 +19,9 @@ def qgis(tmp_path_factory) -> Qgis:
 
 def test_the_plan_is_logged_and_a_5x_factor_needs_forcing(qgis, tmp_path):
     from glnet.config import NetConfig
-    from glnet.glnet import GLNet
     from glnet.modelfile import default_meta, save_model
-    from glnet.precision import DEFAULT_PRECISION, resolve_precision
+    from glnet.nn.glnet import GLNet
+    from glnet.nn.precision import DEFAULT_PRECISION, resolve_precision
 
     cfg = NetConfig(backbone="resnet18", in_channels=3, num_classes=4, fpn_channels=16,
                     smooth_channels=8, fuse_kernel=3, window_size=192, global_size=96,

@@ -25,8 +25,8 @@ def qgis(tmp_path_factory) -> Qgis:
 
 def tiny_model(path, bands: int = 3):
     from glnet.config import NetConfig
-    from glnet.glnet import GLNet
     from glnet.modelfile import default_meta, save_model
+    from glnet.nn.glnet import GLNet
 
     cfg = NetConfig(backbone="resnet18", in_channels=bands, num_classes=3, fpn_channels=16,
                     smooth_channels=8, fuse_kernel=1, window_size=112, global_size=64,
@@ -134,7 +134,7 @@ os._exit(0)
 
 
 def test_loaded_results_are_named_after_their_files_and_styled(qgis, tmp_path):
-    from glnet.polygons import read_layer_style
+    from glnet.vectorize.polygons import read_layer_style
 
     model = tiny_model(tmp_path / "m.glnet")
     png = write_png(tmp_path / "field.png", height=64, width=96)

@@ -201,8 +201,8 @@ def test_partial_output_names(worker, tmp_path):
 
 def test_the_real_engine(worker, tmp_path):
     from glnet.config import NetConfig
-    from glnet.glnet import GLNet
     from glnet.modelfile import default_meta, save_model
+    from glnet.nn.glnet import GLNet
 
     net = NetConfig(num_classes=2, fpn_channels=8, smooth_channels=4, window_size=128,
                     global_size=64, patch_size=64, min_overlap=8)

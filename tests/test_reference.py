@@ -20,9 +20,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from glnet.official import model_from_official
-from glnet.patches import PatchGrid
-from glnet.sharing import LocalToGlobal, crop_pyramid, crop_resized
+from glnet.nn.official import model_from_official
+from glnet.nn.patches import PatchGrid
+from glnet.nn.sharing import LocalToGlobal, crop_pyramid, crop_resized
 
 ROOT = Path(__file__).resolve().parents[1]
 REF_DIR = Path(os.environ.get("GLNET_REFERENCE_DIR", ROOT.parent / "shared" / "glnet-reference"))

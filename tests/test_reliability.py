@@ -95,8 +95,8 @@ def test_train_refuses_a_single_class_without_background(scene, tmp_path, capsys
 
 @pytest.fixture
 def model(tmp_path, tiny_cfg) -> Path:
-    from glnet.glnet import GLNet
     from glnet.modelfile import default_meta, save_model
+    from glnet.nn.glnet import GLNet
 
     return save_model(GLNet(tiny_cfg), default_meta(tiny_cfg, stages=(1,)), tmp_path / "m.glnet")
 

@@ -19,12 +19,12 @@ from affine import Affine
 from rasterio.transform import from_origin
 
 from glnet.errors import Cancelled, GlnetError
-from glnet.masks import CLASSES_TAG, NODATA, read_classes
-from glnet.predict import predict_window
-from glnet.probabilities import BandAccumulator
-from glnet.segment import SegmentOptions, segment
-from glnet.tensors import BandStatistics, to_tensor
-from glnet.windows import AxisPlan, WindowGrid
+from glnet.nn.predict import predict_window
+from glnet.raster.masks import CLASSES_TAG, NODATA, read_classes
+from glnet.raster.tensors import BandStatistics, to_tensor
+from glnet.raster.windows import AxisPlan, WindowGrid
+from glnet.segment.probabilities import BandAccumulator
+from glnet.segment.scene import SegmentOptions, segment
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 LANDSAT = REAL / "landsat7-rgb-byte" / "RGB.byte.tif"
@@ -543,7 +543,7 @@ def test_cli_segment(model_file, tmp_path):
     args = [exe, "segment", str(scene), "-m", str(model_file), "-o", str(tmp_path / "m.tif"),
             "--probabilities", str(tmp_path / "p.tif"), "--probability-kind", "confidence",
             "--threads", "1", "--batch", "4"]
-    if importlib.util.find_spec("glnet.polygons") is not None:
+    if importlib.util.find_spec("glnet.vectorize.polygons") is not None:
         args += ["--polygons", str(tmp_path / "m.gpkg")]
     res = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr

@@ -14,8 +14,8 @@ from rasterio.transform import from_origin
 
 from glnet.cli import main
 from glnet.errors import OptionError
-from glnet.precision import resolve_precision
-from glnet.segment import SegmentOptions, segment
+from glnet.nn.precision import resolve_precision
+from glnet.segment.scene import SegmentOptions, segment
 
 # The plan line ends with the precision the network runs in: "auto" is this CPU's.
 AUTO = resolve_precision(SegmentOptions().precision).name  # the default precision, resolved
@@ -35,8 +35,8 @@ def write_scene(path: Path, size: int, resolution: float) -> Path:
 def model(tmp_path_factory) -> Path:
     """An untrained tiny model (192 px windows) for 0.5 m pixels, stage 1 only."""
     from glnet.config import NetConfig
-    from glnet.glnet import GLNet
     from glnet.modelfile import default_meta, save_model
+    from glnet.nn.glnet import GLNet
 
     cfg = NetConfig(backbone="resnet18", in_channels=3, num_classes=4, fpn_channels=16,
                     smooth_channels=8, fuse_kernel=3, window_size=192, global_size=96,

@@ -17,9 +17,9 @@ import torch
 from rasterio.transform import from_origin
 
 from glnet.files import work_folder
-from glnet.glnet import GLNet
 from glnet.modelfile import ModelMeta, save_model
-from glnet.segment import SegmentOptions, segment
+from glnet.nn.glnet import GLNet
+from glnet.segment.scene import SegmentOptions, segment
 
 SIZE = 768  # 112 px windows: 9 rows of windows, 4 strips
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from glnet.config import StageConfig, TrainConfig
-from glnet.glnet import TRAINED, GLNet
-from glnet.losses import focal_loss
-from glnet.stages import accumulate_gradients, make_optimizer, train_step
+from glnet.nn.glnet import TRAINED, GLNet
+from glnet.train.losses import focal_loss
+from glnet.train.stages import accumulate_gradients, make_optimizer, train_step
 
 
 def _window(cfg, h=192, w=160, seed=0):
@@ -117,10 +117,10 @@ def test_stage3_context_is_the_stage1_global_branch(tiny_cfg):
 
 def test_stage3_gradients_equal_a_single_graph(tiny_cfg):
     """Freeing each sub-batch's graph gives the gradients of one big graph."""
-    from glnet.losses import match_labels
-    from glnet.predict import downsample
-    from glnet.sharing import LocalToGlobal, crop_pyramid, crop_resized
-    from glnet.stages import _grid
+    from glnet.nn.predict import downsample
+    from glnet.nn.sharing import LocalToGlobal, crop_pyramid, crop_resized
+    from glnet.train.losses import match_labels
+    from glnet.train.stages import _grid
 
     model = GLNet(tiny_cfg)
     model.set_stage(3)

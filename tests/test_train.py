@@ -18,11 +18,11 @@ import torch
 from rasterio.transform import from_origin
 
 from glnet.cli import main
-from glnet.datasets import scenes_from_folder, scenes_from_pairs
 from glnet.errors import GlnetError
-from glnet.labels import VectorLabels
 from glnet.modelfile import load_model, read_metadata
-from glnet.train import Prefetcher
+from glnet.raster.labels import VectorLabels
+from glnet.train.datasets import scenes_from_folder, scenes_from_pairs
+from glnet.train.training import Prefetcher
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 SPACENET = REAL / "spacenet-atlanta-buildings"
@@ -165,7 +165,7 @@ def test_prefetcher_hands_over_batches_in_order_and_rewinds_the_rest():
 
 def test_prefetching_trains_the_same_model(tmp_path):
     from glnet.config import TrainConfig
-    from glnet.train import TrainOptions, train
+    from glnet.train.training import TrainOptions, train
 
     img, lab = _write_pair(tmp_path)
     scenes, classes = scenes_from_pairs([img], [lab])
@@ -194,7 +194,7 @@ def test_prefetcher_raises_what_making_a_batch_raised():
 
 
 def _classes(path):
-    from glnet.labels import read_classes_json
+    from glnet.raster.labels import read_classes_json
 
     return read_classes_json(path)
 

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .aoi import AoiWording, AreaOfInterest, read_aoi
-from .errors import GlnetError
-from .ground import ground_pixel_size, window_transform
-from .labels import (
+from ..errors import GlnetError
+from ..modelfile import ClassInfo
+from ..raster.aoi import AoiWording, AreaOfInterest, read_aoi
+from ..raster.ground import ground_pixel_size, window_transform
+from ..raster.labels import (
     IGNORE,
     ColorLabels,
     RasterLabels,
@@ -30,7 +31,6 @@ from .labels import (
     _open_raster,
     check_class_values,
 )
-from .modelfile import ClassInfo
 
 VECTOR_SUFFIXES = {".gpkg", ".shp", ".geojson", ".json", ".fgb", ".kml", ".gml", ".sqlite"}
 
@@ -193,7 +193,7 @@ def scenes_from_folder(folder: str | Path, bands: Sequence[int] | None = None,
     ``images/`` + ``masks/``) are read by ``dubai_scenes``. ``tiles`` (tile
     numbers) picks some tiles of a Dubai folder; it is an error for other folders.
     """
-    from .official import DEEPGLOBE_CLASSES
+    from ..nn.official import DEEPGLOBE_CLASSES
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -313,7 +313,7 @@ def _check_bands(scenes: Sequence[TrainingScene]) -> None:
 
 
 def _scan_classes(scenes: Sequence[TrainingScene]) -> tuple[ClassInfo, ...]:
-    from .palette import default_colors
+    from ..palette import default_colors
 
     top = 0
     for scene in scenes:

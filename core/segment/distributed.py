@@ -38,10 +38,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .contract import ProgressFn, new_temp
-from .errors import Cancelled, GlnetError
-from .modelfile import read_metadata
-from .segment import (
+from ..contract import ProgressFn, new_temp
+from ..errors import Cancelled, GlnetError
+from ..modelfile import read_metadata
+from ..raster.windows import Strip, strips
+from .scene import (
     SegmentJob,
     SegmentOptions,
     SegmentResult,
@@ -52,7 +53,6 @@ from .segment import (
     run_job,
     run_strip,
 )
-from .windows import Strip, strips
 
 
 def _require_dask():
@@ -110,7 +110,7 @@ def _plugin_class():
             self.net = None
 
         def setup(self, worker) -> None:
-            from .modelfile import load_model
+            from ..modelfile import load_model
 
             self.net, _ = load_model(self.model, device=self.device)
 

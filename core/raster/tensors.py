@@ -69,7 +69,7 @@ class BandStatistics:
 
 def check_device(name: str) -> torch.device:
     """``name`` (``cpu`` or ``cuda[:n]``) as a torch device, or a clear error if torch cannot use it."""
-    from .errors import GlnetError
+    from ..errors import GlnetError
 
     if name.startswith("cuda"):
         if not torch.cuda.is_available():

@@ -82,7 +82,7 @@ def resolve_precision(requested: str, device: str = "cpu",
     client), so that every strip computes alike.
     """
     if requested not in PRECISIONS:
-        from .errors import OptionError
+        from ..errors import OptionError
 
         raise OptionError(f"precision must be one of {', '.join(PRECISIONS)}, not {requested!r}")
     if device.startswith("cuda"):

@@ -30,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .contract import CLASSES_TAG, NODATA, parse_classes
-from .errors import GlnetError
-from .modelfile import ClassInfo
-from .palette import default_colors
+from ..contract import CLASSES_TAG, NODATA, parse_classes
+from ..errors import GlnetError
+from ..modelfile import ClassInfo
+from ..palette import default_colors
 
 IGNORE = NODATA  # unlabelled pixels: the masks' nodata value
 # Polygons with more vertices than this are clipped to each window before

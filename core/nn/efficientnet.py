@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ModelFileError
+from ..errors import ModelFileError
 
 LITE0 = "efficientnet_lite0"
 

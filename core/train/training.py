@@ -25,18 +25,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..config import MIN_SIZE, StageConfig, TrainConfig, TrainOptions, preset
+from ..errors import GlnetError, OptionError
+from ..files import atomic_output, remove_stale
+from ..metrics import ConfusionMatrix
+from ..modelfile import ClassInfo, ModelMeta, save_model
+from ..nn.glnet import GLNet
+from ..nn.predict import predict_window
+from ..raster.labels import IGNORE
+from ..raster.tensors import BandStatistics, check_device, to_tensor, torch_threads
 from . import parallel
-from .config import MIN_SIZE, StageConfig, TrainConfig, TrainOptions, preset
 from .datasets import Rect, TrainingScene, WindowSampler, augment, split_regions, tile_rect
-from .errors import GlnetError, OptionError
-from .files import atomic_output, remove_stale
-from .glnet import GLNet
-from .labels import IGNORE
-from .metrics import ConfusionMatrix
-from .modelfile import ClassInfo, ModelMeta, save_model
-from .predict import predict_window
 from .stages import make_optimizer, poly_factor, train_step
-from .tensors import BandStatistics, check_device, to_tensor, torch_threads
 
 CHECKPOINT_FORMAT = "glnet-qgis-checkpoint"
 # Share of the time budget each stage gets; time a stage leaves over goes on.
@@ -57,7 +57,7 @@ class TrainResult:
 
 def uses_packaged_weights(options: TrainOptions) -> bool:
     """Whether training starts both trunks from a package's ImageNet weights."""
-    from .backbone import has_packaged_weights
+    from ..nn.backbone import has_packaged_weights
 
     if options.pretrained is False or options.backbone_weights:
         return False
@@ -150,7 +150,7 @@ def trunk_scaling(dtype: str, mean, std) -> tuple[tuple[float, ...], tuple[float
     doubled, which gives the same spread (about 0.5 x 2 = 1 per unit of the
     [-1, 1] range) around the scene's mean.
     """
-    from .efficientnet import LITE0_WEIGHTS
+    from ..nn.efficientnet import LITE0_WEIGHTS
 
     if dtype == "uint8":
         w = LITE0_WEIGHTS
@@ -161,7 +161,7 @@ def trunk_scaling(dtype: str, mean, std) -> tuple[tuple[float, ...], tuple[float
 
 def trunk_init_note(net) -> dict:
     """How the trunks were initialised, as recorded in the model file's metadata."""
-    from .efficientnet import LITE0_WEIGHTS
+    from ..nn.efficientnet import LITE0_WEIGHTS
 
     w = LITE0_WEIGHTS
     bands = net.in_channels
@@ -476,11 +476,11 @@ def _new_model(net, options: TrainOptions, device: torch.device,
     model = GLNet(net)
     pretrained = is_pretrained(options)
     if options.backbone_weights and initialise:
-        from .backbone import load_imagenet_weights
+        from ..nn.backbone import load_imagenet_weights
 
         load_imagenet_weights(model.global_backbone, options.backbone_weights)
     elif uses_packaged_weights(options) and initialise:
-        from .backbone import load_packaged_weights
+        from ..nn.backbone import load_packaged_weights
 
         load_packaged_weights(model.global_backbone)
     if pretrained and initialise:

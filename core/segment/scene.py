@@ -1,9 +1,9 @@
 """Segment a scene of any size into a land-cover mask, streaming.
 
 ``segment(scene, model, output, options)`` runs GLNet over a grid of context
-windows (``windows.py``), blends their class probabilities with smooth weights
+windows (``raster/windows.py``), blends their class probabilities with smooth weights
 into cells that are written as soon as no later window touches them
-(``probabilities.py``, ``masks.py``), and finishes the mask, and optionally a
+(``probabilities.py``, ``raster/masks.py``), and finishes the mask, and optionally a
 probability raster, as Cloud Optimized GeoTIFFs with overviews. Memory holds a
 window and the blending band below the current row of windows, never the scene.
 
@@ -51,11 +51,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .aoi import AreaOfInterest, read_aoi
-from .config import SegmentOptions
-from .contract import ProgressFn
-from .errors import Cancelled, GlnetError, OptionError
-from .files import (
+from ..config import SegmentOptions
+from ..contract import ProgressFn
+from ..errors import Cancelled, GlnetError, OptionError
+from ..files import (
     atomic_output,
     check_output_path,
     full_disk_as_error,
@@ -63,11 +62,12 @@ from .files import (
     remove_stale,
     work_folder,
 )
-from .ground import ground_pixel_size
-from .modelfile import ModelMeta, read_metadata
-from .precision import Precision, resolve_precision
-from .windows import Region, Strip, WindowGrid, WindowReader
-from .windows import strips as cut_strips
+from ..modelfile import ModelMeta, read_metadata
+from ..nn.precision import Precision, resolve_precision
+from ..raster.aoi import AreaOfInterest, read_aoi
+from ..raster.ground import ground_pixel_size
+from ..raster.windows import Region, Strip, WindowGrid, WindowReader
+from ..raster.windows import strips as cut_strips
 
 CancelFn = Callable[[], bool]
 
@@ -306,7 +306,7 @@ class SegmentJob:
     """One scene's run, planned without the model: what a strip needs besides the network.
 
     Plain data (it pickles), so that strips can run on other processes
-    (``glnet.distributed``).
+    (``glnet.segment.distributed``).
     """
 
     scene: str | Path              # a string for GDAL's /vsi... paths
@@ -353,7 +353,7 @@ def plan_job(scene: str | Path, meta: ModelMeta, output: str | Path,
     """
     import rasterio
 
-    from .refinement import RefinePolicy
+    from ..nn.refinement import RefinePolicy
 
     opts = options or SegmentOptions()
     scene, output = source_path(scene), Path(output)
@@ -571,7 +571,7 @@ def _segment_in(job: SegmentJob, model, model_path: Path | None, folder: Path,
                 cut: list[Strip], done: dict[int, StripResult], report: _Progress
                 ) -> SegmentResult:
     """``segment`` holding the output's work folder ``folder``."""
-    from .tensors import torch_threads
+    from ..raster.tensors import torch_threads
 
     opts = job.opts
     start = next((s.index for s in cut if s.index not in done), len(cut))
@@ -667,7 +667,7 @@ def run_job(job: SegmentJob, run: Callable[[SegmentJob, WorkFiles, _Progress], l
             result = _run(job, run, tmp_out, tmp_prob, temps, report)
         style = None
         if opts.style:
-            from .masks import write_qml
+            from ..raster.masks import write_qml
 
             qml = job.output.with_suffix(".qml")
             if qml.exists() and not opts.overwrite:
@@ -679,14 +679,14 @@ def run_job(job: SegmentJob, run: Callable[[SegmentJob, WorkFiles, _Progress], l
 
 
 def _remove(path: Path) -> None:
-    from .masks import remove_quietly
+    from ..raster.masks import remove_quietly
 
     remove_quietly(path)
 
 
 def _load(model, model_path: Path | None, opts: SegmentOptions):
-    from .modelfile import load_model
-    from .tensors import check_device
+    from ..modelfile import load_model
+    from ..raster.tensors import check_device
 
     target = check_device(opts.device)
     if model_path is not None:
@@ -724,7 +724,7 @@ def work_writer(job: SegmentJob, mask: Path, probabilities: Path | None,
     """A ``MaskWriter`` on the work grid, or on the rows of ``strip`` of it."""
     from affine import Affine
 
-    from .masks import MaskWriter
+    from ..raster.masks import MaskWriter
 
     height, width = job.plan.work_size
     transform = job.plan.work_transform
@@ -774,10 +774,10 @@ def _segment_rows(job: SegmentJob, net, windows: list, emit, stats_for,
     """
     import torch
 
-    from .predict import default_mode, predict_window
+    from ..nn.predict import default_mode, predict_window
+    from ..nn.refinement import RefinePolicy
+    from ..raster.tensors import to_tensor
     from .probabilities import BandAccumulator
-    from .refinement import RefinePolicy
-    from .tensors import to_tensor
 
     opts, meta = job.opts, job.meta
     policy = RefinePolicy(opts.refine, opts.confidence, tuple(opts.background))
@@ -996,8 +996,8 @@ def assemble_parts(job: SegmentJob, parts: list[tuple[Strip, Path, Path | None]]
 
 
 def _run(job: SegmentJob, run, tmp_out, tmp_prob, temps, report) -> SegmentResult:
-    from .files import default_permissions
-    from .masks import finish_cog, temp_path
+    from ..files import default_permissions
+    from ..raster.masks import finish_cog, temp_path
 
     opts, meta, plan, output = job.opts, job.meta, job.plan, job.output
     with_probs = job.probabilities is not None
@@ -1073,7 +1073,7 @@ def _resample_back(scene, plan: _Plan, mask_work, mask_tiled, prob_work, prob_ti
     from rasterio.vrt import WarpedVRT
     from rasterio.windows import Window
 
-    from .masks import NODATA, MaskWriter
+    from ..raster.masks import NODATA, MaskWriter
 
     region = plan.region
     aoi = AreaOfInterest(plan.aoi) if plan.aoi is not None else None

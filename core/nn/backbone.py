@@ -14,7 +14,7 @@ import torch
 import torchvision
 from torch import nn
 
-from .errors import ModelFileError
+from ..errors import ModelFileError
 
 # Output channels of layer1..layer4 for each ResNet trunk.
 STAGE_CHANNELS = {

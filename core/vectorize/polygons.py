@@ -71,13 +71,13 @@ from xml.sax.saxutils import escape
 
 import numpy as np
 
-from .config import FORMATS, VectorizeOptions
-from .contract import CLASSES_TAG, ProgressFn, category_qml, temp_prefix
-from .errors import GlnetError, OptionError
-from .files import atomic_output, check_output_path, full_disk_as_error
-from .ground import Ground, ground_of, measure, to_world
-from .modelfile import ClassInfo
-from .palette import default_colors
+from ..config import FORMATS, VectorizeOptions
+from ..contract import CLASSES_TAG, ProgressFn, category_qml, temp_prefix
+from ..errors import GlnetError, OptionError
+from ..files import atomic_output, check_output_path, full_disk_as_error
+from ..modelfile import ClassInfo
+from ..palette import default_colors
+from ..raster.ground import Ground, ground_of, measure, to_world
 
 FIELDS = ("class_id", "class_name", "area_m2", "perimeter_m")
 # dBASE field names have at most 10 characters.
@@ -116,7 +116,7 @@ def mask_classes(dataset, classes: Sequence[ClassInfo] | None = None
     """Class names and colours for a mask: ``(known classes, colour-table colours, warnings)``.
 
     ``classes`` (from the caller) wins; otherwise the mask's ``GLNET_CLASSES``
-    tag (see ``glnet.masks``); the mask's colour table gives colours of values
+    tag (see ``glnet.raster.masks``); the mask's colour table gives colours of values
     without a class. Values known from neither are named "class N" and take
     ``palette.default_colors``.
     """
@@ -125,7 +125,7 @@ def mask_classes(dataset, classes: Sequence[ClassInfo] | None = None
     if classes is not None:
         known = {int(c.value): c for c in classes}
     else:
-        from .masks import read_classes
+        from ..raster.masks import read_classes
 
         try:
             stored = read_classes(dataset)

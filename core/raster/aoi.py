@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import GlnetError
+from ..errors import GlnetError
 
 
 @dataclass(frozen=True)

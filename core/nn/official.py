@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 import torch
 
-from .errors import ModelFileError
+from ..errors import ModelFileError
 
 # DeepGlobe land cover: class names and the colours of its label PNGs.
 DEEPGLOBE_CLASSES = (
@@ -116,7 +116,7 @@ def model_from_official(g: Mapping[str, torch.Tensor], g2l: Mapping[str, torch.T
     classifier. Every parameter and buffer must be matched: a checkpoint of
     another architecture is refused with a ``ModelFileError`` naming ``source``.
     """
-    from .config import preset
+    from ..config import preset
     from .glnet import GLNet
 
     state, stages = convert_state(g, g2l, l2g, source=source)
@@ -181,7 +181,7 @@ def load_checkpoint(path) -> dict[str, torch.Tensor]:
 
 def deepglobe_meta(net, stages: tuple[int, ...]):
     """Metadata of a model converted from the released DeepGlobe checkpoints."""
-    from .modelfile import ClassInfo, ModelMeta
+    from ..modelfile import ClassInfo, ModelMeta
 
     return ModelMeta(
         net=net,

@@ -21,8 +21,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..config import NetConfig
 from .backbone import make_trunk
-from .config import NetConfig
 from .fpn import FPNDecoder, Pyramid
 
 # Sub-modules trained in each stage; everything else is frozen (eval mode, no grad).

@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import GlnetError, OptionError
-from .patches import axis_starts
+from ..errors import GlnetError, OptionError
+from ..nn.patches import axis_starts
 
 
 @dataclass(frozen=True)

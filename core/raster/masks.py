@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .contract import (
+from ..contract import (
     CLASSES_TAG,
     NODATA,
     ClassInfo,
@@ -39,7 +39,7 @@ from .contract import (
     new_temp,
     parse_classes,
 )
-from .files import atomic_output
+from ..files import atomic_output
 
 MASK_DESCRIPTION = "land cover class"
 # The intermediate GTiff: small tiles, fast compression (it is rewritten as a COG).

@@ -79,7 +79,7 @@ def predict_window(model: GLNet, window: torch.Tensor, mode: int | None = None,
         on_batch: called as ``on_batch(done, total)`` after each sub-batch of
             patches (progress; it may raise to cancel).
         precision: "fp32", or "bf16" to run the network under bf16 autocast
-            (``glnet.precision``); probabilities are formed and averaged in fp32.
+            (``glnet.nn.precision``); probabilities are formed and averaged in fp32.
     """
     # One autocast region for the whole window: autocast casts the weights once
     # per region, so entering it per patch batch would cast them again each time.

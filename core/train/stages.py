@@ -26,12 +26,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .config import TrainConfig
-from .glnet import GLNet
+from ..config import TrainConfig
+from ..nn.glnet import GLNet
+from ..nn.patches import PatchGrid
+from ..nn.predict import downsample
+from ..nn.sharing import LocalToGlobal, crop_pyramid, crop_resized
 from .losses import coupling_loss, focal_loss, match_labels
-from .patches import PatchGrid
-from .predict import downsample
-from .sharing import LocalToGlobal, crop_pyramid, crop_resized
 
 
 @dataclass

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .windows import Window, WindowGrid
+from ..raster.windows import Window, WindowGrid
 
 
 @dataclass

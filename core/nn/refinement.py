@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .errors import OptionError
+from ..errors import OptionError
 from .patches import PatchGrid
 
 MODES = ("all", "bbox", "confidence", "bbox+confidence")

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from .errors import GlnetError
+from ..errors import GlnetError
 
 
 @dataclass(frozen=True)

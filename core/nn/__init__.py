@@ -1,0 +1,1 @@
+"""The network: trunks, FPN decoders, feature sharing, patches, GLNet and its forward passes."""

@@ -1,0 +1,1 @@
+"""Rasters on disk and in memory: window grids and readers, labels, tensors, masks."""

@@ -1,0 +1,1 @@
+"""Segmenting a scene: window probabilities blended into mask blocks, strips, Dask."""

@@ -1,0 +1,1 @@
+"""Training GLNet: scenes and windows, losses, the three stages, torchrun."""
