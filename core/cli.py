@@ -22,6 +22,7 @@ from pathlib import Path
 
 from . import __version__, contract
 from .config import (
+    PRECISIONS,
     PRESETS,
     PROBABILITY_KINDS,
     SegmentOptions,
@@ -31,7 +32,6 @@ from .config import (
 )
 from .errors import GlnetError, OptionError
 from .files import check_output_path
-from .nn.precision import PRECISIONS
 from .progress import KINDS as PROGRESS_KINDS
 
 

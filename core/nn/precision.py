@@ -19,11 +19,8 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-PRECISIONS = ("fp32", "bf16", "auto")
-# bf16 where it is native. Measured quietly with the demo's lite model in mode 3
-# (benchmarks/precision.py): bf16 1.39x faster, 0.22 % of pixels of another
-# class (0.004 % beyond 3 px of a class boundary); fp32 stays one option away.
-DEFAULT_PRECISION = "auto"
+from ..config import DEFAULT_PRECISION, PRECISIONS  # noqa: F401  (defined with the options)
+
 # CPU flags (Linux /proc/cpuinfo) of instructions that compute bf16 products natively.
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 CPUINFO = Path("/proc/cpuinfo")
