@@ -215,9 +215,9 @@ def budget_of(method: str, args: argparse.Namespace) -> dict:
 
 def run_method(dataset: str, method: str, data: dict, args: argparse.Namespace, work: Path,
                seed: int) -> dict:
+    from glnet.config import SegmentOptions
     from glnet.evaluate import evaluate_model, evaluate_model_on_dataset
     from glnet.modelfile import read_metadata
-    from glnet.segment.scene import SegmentOptions
     from glnet.train.datasets import scenes_from_folder, scenes_from_pairs
     from glnet.train.training import train
 

@@ -39,7 +39,8 @@ from scene_scale import generate_scene, run_child  # noqa: E402
 SINGLE = r"""
 import json, sys, time
 import torch
-from glnet.segment.scene import SegmentOptions, segment
+from glnet.config import SegmentOptions
+from glnet.segment.scene import segment
 a = json.loads(sys.argv[1])
 torch.set_num_threads(a["threads"])
 t = time.perf_counter()
@@ -50,9 +51,10 @@ print(json.dumps({"seconds": time.perf_counter() - t, "windows": res.windows}))
 
 
 def run_dask(scene: Path, model: Path, output: Path, workers: int) -> dict:
+    from glnet.config import SegmentOptions
     from glnet.modelfile import read_metadata
     from glnet.segment.distributed import connect, plan_strips, segment_scenes, strip_overhead
-    from glnet.segment.scene import SegmentOptions, plan_job
+    from glnet.segment.plan import plan_job
 
     opts = SegmentOptions(threads=1, overwrite=True, style=False)
     job = plan_job(scene, read_metadata(model), output, opts, model)

@@ -144,9 +144,10 @@ def main(argv=None) -> int:
     import numpy as np
     import rasterio
 
+    from glnet.config import SegmentOptions
     from glnet.modelfile import read_metadata
     from glnet.raster.windows import WindowGrid
-    from glnet.segment.scene import SegmentOptions, segment
+    from glnet.segment.scene import segment
 
     meta = read_metadata(args.model)
     work = Path(tempfile.mkdtemp(prefix="glnet-grids-"))

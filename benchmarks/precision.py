@@ -78,8 +78,9 @@ def measure(scene: Path, model: Path, args: argparse.Namespace, work: Path) -> d
     """Timed fp32 and bf16 runs of one model; their masks compared."""
     import rasterio
 
+    from glnet.config import SegmentOptions
     from glnet.modelfile import read_metadata
-    from glnet.segment.scene import SegmentOptions, segment
+    from glnet.segment.scene import segment
 
     meta = read_metadata(model)
     extent = crop_extent(scene, args.crop, args.offset)

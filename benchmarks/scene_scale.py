@@ -71,7 +71,8 @@ def peak_rss_mb():
 CHILD = PEAK_RSS + r"""
 import json, resource, sys, time
 import torch
-from glnet.segment.scene import SegmentOptions, segment
+from glnet.config import SegmentOptions
+from glnet.segment.scene import segment
 args = json.loads(sys.argv[1])
 if args["threads"]:
     torch.set_num_threads(args["threads"])
@@ -96,7 +97,7 @@ from glnet.config import preset
 from glnet.nn.glnet import GLNet
 from glnet.nn.precision import resolve_precision
 from glnet.nn.predict import predict_window
-from glnet.segment.scene import SegmentOptions
+from glnet.config import SegmentOptions
 args = json.loads(sys.argv[1])
 sub_batch = SegmentOptions().sub_batch  # the same work per forward pass as segment
 precision = resolve_precision(SegmentOptions().precision).name  # and the same precision
@@ -129,7 +130,7 @@ import json, resource, sys, time
 import torch
 from peer import build_peer, sliding_window_segment
 from glnet.nn.precision import resolve_precision
-from glnet.segment.scene import SegmentOptions
+from glnet.config import SegmentOptions
 args = json.loads(sys.argv[1])
 defaults = SegmentOptions()
 precision = resolve_precision(defaults.precision).name  # the precision segment runs in
@@ -258,11 +259,10 @@ def main(argv=None) -> int:
 
     import torch
 
-    from glnet.config import preset
+    from glnet.config import SegmentOptions, preset
     from glnet.modelfile import default_meta, save_model
     from glnet.nn.glnet import GLNet
     from glnet.nn.precision import resolve_precision
-    from glnet.segment.scene import SegmentOptions
 
     precision = resolve_precision(SegmentOptions().precision)
     mean, std = (127.0,) * 3, (50.0,) * 3

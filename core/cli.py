@@ -596,7 +596,8 @@ def _stderr(report, text: str) -> None:
 def _segment(args: argparse.Namespace) -> int:
     from .modelfile import read_metadata
     from .progress import JsonLines
-    from .segment.scene import describe_plan, plan_job, segment, source_path
+    from .segment.plan import describe_plan, plan_job, source_path
+    from .segment.scene import segment
 
     scenes = [source_path(s) for s in args.scenes]
     several = len(scenes) > 1 or args.scheduler is not None or args.output.is_dir()

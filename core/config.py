@@ -357,8 +357,8 @@ class SegmentOptions:
         resample: resample scenes whose resolution differs from the model's.
         resolution: metres per pixel to resample the scene to instead of the
             model's resolution (None: the model's).
-        force_resample: resample even by more than ``segment.MAX_RESAMPLE`` either way
-            (otherwise refused before any work, with what to do instead).
+        force_resample: resample even by more than ``segment.plan.MAX_RESAMPLE`` either
+            way (otherwise refused before any work, with what to do instead).
         resolution_tolerance: relative difference tolerated without resampling.
         device: "cpu" or "cuda[:n]".
         precision: "fp32", "bf16" (the network under bf16 autocast; probabilities
@@ -374,8 +374,8 @@ class SegmentOptions:
         style: write ``MASK.qml`` (QGIS legend with class names) beside the mask.
         cache_mb: GDAL block cache while running (bounds reader and writer memory).
         resume: continue a killed run on the same output from the strips it
-            finished (``resume_strips``), with the same model, scene and options;
-            without it, what a killed run left beside the output is removed.
+            finished (``segment.resume.resume_strips``), with the same model, scene and
+            options; without it, what a killed run left beside the output is removed.
 
     Memory: a process segmenting with the ``fast`` preset holds torch and the
     model (about 0.95 GB, most of it torch's import), one window's activations

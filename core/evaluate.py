@@ -364,8 +364,9 @@ def evaluate_model(model: str | Path, scene: str | Path, reference: str | Path, 
     """
     import tempfile
 
+    from .config import SegmentOptions
     from .modelfile import read_metadata
-    from .segment.scene import SegmentOptions, segment
+    from .segment.scene import segment
 
     model_path, scene_path, ref_path = Path(model), Path(scene), Path(reference)
     for p in (model_path, scene_path, ref_path):
@@ -411,8 +412,9 @@ def evaluate_model_on_dataset(model: str | Path, folder: str | Path, *,
 
     from rasterio.windows import Window
 
+    from .config import SegmentOptions
     from .modelfile import read_metadata
-    from .segment.scene import SegmentOptions, segment
+    from .segment.scene import segment
     from .train.datasets import scenes_from_folder
 
     model_path, folder = Path(model), Path(folder)

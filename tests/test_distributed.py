@@ -19,9 +19,11 @@ import pytest
 import rasterio
 from rasterio.transform import from_origin
 
+from glnet.config import SegmentOptions
 from glnet.errors import GlnetError
 from glnet.raster.windows import AxisPlan, strips
-from glnet.segment.scene import SegmentOptions, plan_job, segment
+from glnet.segment.plan import plan_job
+from glnet.segment.scene import segment
 
 distributed = pytest.importorskip("distributed")
 

@@ -342,8 +342,8 @@ def land_model(land, tmp_path_factory):
 
 
 def test_model_against_labels_equals_segment_then_evaluate(land, land_model, tmp_path):
+    from glnet.config import SegmentOptions
     from glnet.evaluate import evaluate_model
-    from glnet.segment.scene import SegmentOptions
 
     out, labels, _ = land
     mask = tmp_path / "mask.tif"
@@ -400,8 +400,9 @@ def _loveda_folder(root: Path, out: Path, tiles: int = 2) -> Path:
 @pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 def test_model_against_a_dataset_folder(land, land_model, tmp_path):
     from glnet.cli import main
+    from glnet.config import SegmentOptions
     from glnet.evaluate import evaluate_model_on_dataset
-    from glnet.segment.scene import SegmentOptions, segment
+    from glnet.segment.scene import segment
 
     out, _, _ = land
     folder = _loveda_folder(tmp_path / "loveda", out)

@@ -21,9 +21,11 @@ from qgis_support import checkout_qgis
 from test_segment import read, write_scene
 
 from glnet.cli import main
+from glnet.config import SegmentOptions
 from glnet.errors import OptionError
 from glnet.nn.precision import cpu_bf16_flags, resolve_precision
-from glnet.segment.scene import SegmentOptions, describe_plan, plan_job, segment
+from glnet.segment.plan import describe_plan, plan_job
+from glnet.segment.scene import segment
 
 OPTS = SegmentOptions(threads=1, overviews=False)
 # What "auto" is on this machine's CPU.

@@ -18,13 +18,14 @@ import torch
 from affine import Affine
 from rasterio.transform import from_origin
 
+from glnet.config import SegmentOptions
 from glnet.errors import Cancelled, GlnetError
 from glnet.nn.predict import predict_window
 from glnet.raster.masks import CLASSES_TAG, NODATA, read_classes
 from glnet.raster.tensors import BandStatistics, to_tensor
 from glnet.raster.windows import AxisPlan, WindowGrid
 from glnet.segment.probabilities import BandAccumulator
-from glnet.segment.scene import SegmentOptions, segment
+from glnet.segment.scene import segment
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 LANDSAT = REAL / "landsat7-rgb-byte" / "RGB.byte.tif"

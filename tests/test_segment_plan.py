@@ -13,9 +13,10 @@ import rasterio
 from rasterio.transform import from_origin
 
 from glnet.cli import main
+from glnet.config import SegmentOptions
 from glnet.errors import OptionError
 from glnet.nn.precision import resolve_precision
-from glnet.segment.scene import SegmentOptions, segment
+from glnet.segment.scene import segment
 
 # The plan line ends with the precision the network runs in: "auto" is this CPU's.
 AUTO = resolve_precision(SegmentOptions().precision).name  # the default precision, resolved

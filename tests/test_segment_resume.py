@@ -16,10 +16,11 @@ import rasterio
 import torch
 from rasterio.transform import from_origin
 
+from glnet.config import SegmentOptions
 from glnet.files import work_folder
 from glnet.modelfile import ModelMeta, save_model
 from glnet.nn.glnet import GLNet
-from glnet.segment.scene import SegmentOptions, segment
+from glnet.segment.scene import segment
 
 SIZE = 768  # 112 px windows: 9 rows of windows, 4 strips
 

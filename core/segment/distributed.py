@@ -11,9 +11,10 @@ virtual file system path such as ``/vsicurl/`` or
 writes its rows to a part file, renamed into place only when complete. When
 all strips of a scene are done, the client copies the parts into one tiled
 file and finishes the scene's COG exactly as a single-process run does
-(``segment.run_job``): the mask is identical to ``glnet segment``'s with the
-same ``threads``, because a strip computes and blends its windows exactly as
-a whole-scene run does (the window row two strips share is computed by both).
+(``finish.open_outputs``, ``finish.finish_outputs``): the mask is identical to
+``glnet segment``'s with the same ``threads``, because a strip computes and
+blends its windows exactly as a whole-scene run does (the window row two
+strips share is computed by both).
 
 Scheduling, retries and moving the tasks of a worker that died to another
 one are Dask's; a rerun strip overwrites its part with the same pixels.
@@ -38,21 +39,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..config import SegmentOptions
 from ..contract import ProgressFn, new_temp
 from ..errors import Cancelled, GlnetError
 from ..modelfile import read_metadata
 from ..raster.windows import Strip, strips
-from .scene import (
-    SegmentJob,
-    SegmentOptions,
-    SegmentResult,
-    StripResult,
-    WorkFiles,
-    assemble_parts,
-    plan_job,
-    run_job,
-    run_strip,
-)
+from .finish import SegmentResult, assemble_parts, finish_outputs, open_outputs, write_style
+from .plan import SegmentJob, plan_job
+from .report import Report
+from .strips import StripResult, run_strip
 
 
 def _require_dask():
@@ -277,18 +272,17 @@ def _part_paths(state: _Scene, strip: Strip) -> tuple[str, str | None]:
 
 def _finish(state: _Scene) -> SegmentResult:
     """Assemble a scene's parts and finish its COG, on the client."""
+    job = state.job
     results = [state.results[s.index] for s in state.strips]
-
-    def assemble(job: SegmentJob, work: WorkFiles, report) -> list[StripResult]:
-        parts = []
-        for strip in state.strips:
-            mask, prob = _part_paths(state, strip)
-            parts.append((strip, Path(mask), Path(prob) if prob else None))
-        assemble_parts(job, parts, work)
-        return results
-
-    result = run_job(state.job, assemble, None)
-    result.windows = len(state.job.grid)
+    parts = []
+    for strip in state.strips:
+        mask, prob = _part_paths(state, strip)
+        parts.append((strip, Path(mask), Path(prob) if prob else None))
+    with open_outputs(job) as outputs:
+        assemble_parts(job, parts, outputs.work)
+        result = finish_outputs(job, outputs, results, Report(None, None))
+    result.style = write_style(job, result.warnings)
+    result.windows = len(job.grid)
     return result
 
 
