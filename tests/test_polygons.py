@@ -24,15 +24,13 @@ import shapely
 from rasterio import Affine
 from shapely.geometry import shape
 
+from glnet.config import VectorizeOptions
 from glnet.errors import Cancelled, GlnetError
 from glnet.modelfile import ClassInfo
-from glnet.vectorize.polygons import (
-    FIELDS,
-    VectorizeOptions,
-    read_layer_style,
-    smooth_coverage,
-    vectorize,
-)
+from glnet.vectorize.output import FIELDS
+from glnet.vectorize.polygons import vectorize
+from glnet.vectorize.simplify import smooth_coverage
+from glnet.vectorize.styles import read_layer_style
 
 GDAL_POLYGONIZE = Path("/usr/bin/gdal_polygonize.py")
 SPACENET = Path("/work/shared/data/real/spacenet-atlanta-buildings")

@@ -134,7 +134,7 @@ os._exit(0)
 
 
 def test_loaded_results_are_named_after_their_files_and_styled(qgis, tmp_path):
-    from glnet.vectorize.polygons import read_layer_style
+    from glnet.vectorize.styles import read_layer_style
 
     model = tiny_model(tmp_path / "m.glnet")
     png = write_png(tmp_path / "field.png", height=64, width=96)
