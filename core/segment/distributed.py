@@ -47,6 +47,7 @@ from ..raster.windows import Strip, strips
 from .finish import SegmentResult, assemble_parts, finish_outputs, open_outputs, write_style
 from .plan import SegmentJob, plan_job
 from .report import Report
+from .resume import part_files
 from .strips import StripResult, run_strip
 
 
@@ -264,9 +265,8 @@ def segment_scenes(scenes: Sequence[str | Path], model: str | Path, outputs: Seq
 
 
 def _part_paths(state: _Scene, strip: Strip) -> tuple[str, str | None]:
-    mask = state.parts_dir / f"strip-{strip.index:05d}.tif"
-    prob = (state.parts_dir / f"strip-{strip.index:05d}-p.tif"
-            if state.job.probabilities is not None else None)
+    # The same part names as a resumable run's work folder (resume.part_files).
+    mask, prob, _ = part_files(state.parts_dir, strip, state.job.probabilities is not None)
     return str(mask), str(prob) if prob else None
 
 
