@@ -10,7 +10,7 @@ exists, the plugin says so once, naming "Set up the GLNet engine": a message
 bar in the desktop; without iface (qgis_process, PyQGIS scripts) a QgsMessageLog
 line, and the same line on stderr, since qgis_process 3.22 shows no message log
 (stderr leaves its ``--json`` output intact). The
-check only looks for files (``worker.engine_candidate_exists``), so loading
+check only looks for files (``discovery.engine_candidate_exists``), so loading
 never waits for a Python to start.
 """
 
@@ -40,16 +40,16 @@ class GlnetPlugin:
 
     def notice_missing_engine(self):
         """Say once that the engine is missing, naming the algorithm that sets it up."""
-        from . import worker
+        from . import discovery
 
-        if self.engine_noticed or worker.engine_candidate_exists():
+        if self.engine_noticed or discovery.engine_candidate_exists():
             return
         self.engine_noticed = True
         if self.iface is not None:
-            self.iface.messageBar().pushMessage(LOG_TAG, worker.NO_ENGINE_NOTICE, Qgis.Warning, 0)
+            self.iface.messageBar().pushMessage(LOG_TAG, discovery.NO_ENGINE_NOTICE, Qgis.Warning, 0)
         else:
-            QgsMessageLog.logMessage(worker.NO_ENGINE_NOTICE, LOG_TAG, Qgis.Warning)
-            print(worker.NO_ENGINE_NOTICE, file=sys.stderr, flush=True)
+            QgsMessageLog.logMessage(discovery.NO_ENGINE_NOTICE, LOG_TAG, Qgis.Warning)
+            print(discovery.NO_ENGINE_NOTICE, file=sys.stderr, flush=True)
 
     def initGui(self):
         # The desktop calls initProcessing itself for plugins declaring

@@ -19,7 +19,7 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
-from . import worker
+from . import discovery, worker
 
 PLUGIN_DIR = os.path.dirname(os.path.abspath(__file__))
 ICON_PATH = os.path.join(PLUGIN_DIR, "icon.svg")
@@ -175,11 +175,11 @@ class GlnetAlgorithm(QgsProcessingAlgorithm):
     def run_engine(self, command, args, feedback, outputs=(), echo_stdout=True):
         """Run ``glnet COMMAND ARGS`` in the worker; errors become QgsProcessingException."""
         try:
-            python = worker.find_python()
+            python = discovery.find_python()
             feedback.pushInfo(f"GLNet engine Python: {python}")
             return worker.run_engine(command, args, feedback, outputs=outputs, python=python,
                                      echo_stdout=echo_stdout)
-        except worker.EngineNotFound as exc:
+        except discovery.EngineNotFound as exc:
             raise QgsProcessingException(str(exc)) from None
         except worker.EngineError as exc:
             raise QgsProcessingException(str(exc)) from None

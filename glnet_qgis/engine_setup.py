@@ -6,7 +6,7 @@ The steps, each logged to the Processing feedback as it runs:
    ``venv`` and ``ensurepip`` (3.10 or later); an existing environment there is
    reused, so running the set-up again only updates it;
 2. ``pip install`` of the engine (the wheel in the plugin zip, or the source
-   checkout the plugin lies in: ``worker.engine_source``) with its
+   checkout the plugin lies in: ``discovery.engine_source``) with its
    ``pretrained`` extra and the pinned torch and torchvision
    (``torch-pins.txt``, the Makefile's pins), then the engine alone again with
    ``--force-reinstall --no-deps``, so the environment runs the plugin's own
@@ -15,10 +15,10 @@ The steps, each logged to the Processing feedback as it runs:
    torchvision and the pretrained trunks, and, for the CUDA build, that torch
    was built with CUDA;
 4. only then the Processing setting GLNET_PYTHON, which the other algorithms
-   read (``worker.setting_value``).
+   read (``discovery.setting_value``).
 
 pip's lines reach the log as they come; a cancel stops pip (or venv) through
-``worker.follow`` and leaves the setting as it was.
+``process.follow`` and leaves the setting as it was.
 
 The CPU build adds PyTorch's CPU wheel index as an extra index, because
 PyPI's torch for Linux is the CUDA build (gigabytes of CUDA libraries); its
@@ -38,7 +38,7 @@ import sys
 import urllib.error
 import urllib.request
 
-from . import worker
+from . import discovery, lines, process
 
 BUILDS = ("CPU", "CUDA")
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
@@ -100,8 +100,8 @@ def check_base_python(python: str) -> str | None:
              f"sys.exit(0 if sys.version_info >= {MIN_PYTHON!r} else 3)")
     try:
         proc = subprocess.run([python, "-c", probe], stdin=subprocess.DEVNULL,
-                                     capture_output=True, text=True, env=worker.worker_env(),
-                                     timeout=worker.CHECK_TIMEOUT)
+                                     capture_output=True, text=True, env=process.worker_env(),
+                                     timeout=discovery.CHECK_TIMEOUT)
     except (OSError, subprocess.SubprocessError) as exc:
         return f"does not run ({exc})"
     if proc.returncode == 3:
@@ -162,7 +162,7 @@ def _run(argv: list[str], log, what: str) -> list[str]:
         (log.warning if line.startswith(("WARNING", "ERROR")) else log.console)(line)
 
     try:
-        code, cancelled, _ = worker.follow(
+        code, cancelled, _ = process.follow(
             argv, log, lambda line: line.strip() and log.console(line), on_stderr, what)
     except OSError as exc:
         raise SetupError(f"cannot run {argv[0]}: {exc}") from None
@@ -177,7 +177,7 @@ def _run(argv: list[str], log, what: str) -> list[str]:
 
 def is_venv(folder: str) -> bool:
     return os.path.isfile(os.path.join(folder, "pyvenv.cfg")) \
-        and os.path.isfile(worker._venv_python(folder))
+        and os.path.isfile(discovery.venv_python(folder))
 
 
 def make_venv(target: str, base: str, log) -> str:
@@ -186,7 +186,7 @@ def make_venv(target: str, base: str, log) -> str:
     ``base`` is the Python that makes it ("": the first of ``base_python_candidates``
     that can), checked only when an environment is made.
     """
-    python = worker._venv_python(target)
+    python = discovery.venv_python(target)
     if is_venv(target):
         log.info(f"Reusing the virtual environment at {target}")
         return python
@@ -208,13 +208,13 @@ def make_venv(target: str, base: str, log) -> str:
 
 def verify(python: str, build: str, log) -> dict:
     """What the environment's Python reports: versions, CUDA; raises when it is unusable."""
-    worker.forget()
-    ok, why = worker.check_python(python)
+    discovery.forget()
+    ok, why = discovery.check_python(python)
     if not ok:
         raise SetupError(f"{python} cannot run the engine after the installation: {why}")
     proc = subprocess.run([python, "-c", VERIFY], stdin=subprocess.DEVNULL,
-                                 capture_output=True, text=True, env=worker.worker_env(),
-                                 timeout=worker.CHECK_TIMEOUT * 5)
+                                 capture_output=True, text=True, env=process.worker_env(),
+                                 timeout=discovery.CHECK_TIMEOUT * 5)
     if proc.returncode != 0:
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
         raise SetupError(f"{python} cannot import torch with the engine: "
@@ -241,12 +241,12 @@ def save_setting(python: str) -> None:
         from processing.core.ProcessingConfig import ProcessingConfig
     except ImportError:
         ProcessingConfig = None
-    if ProcessingConfig is not None and worker.SETTING in ProcessingConfig.settings:
-        ProcessingConfig.setSettingValue(worker.SETTING, python)
+    if ProcessingConfig is not None and discovery.SETTING in ProcessingConfig.settings:
+        ProcessingConfig.setSettingValue(discovery.SETTING, python)
     settings = QgsSettings()
-    settings.setValue(worker.SETTINGS_KEY, python)
+    settings.setValue(discovery.SETTINGS_KEY, python)
     settings.sync()
-    worker.forget()
+    discovery.forget()
 
 
 def setup_engine(target: str, base: str, build: str, index: str, feedback) -> str:
@@ -256,21 +256,21 @@ def setup_engine(target: str, base: str, build: str, index: str, feedback) -> st
     ``build``: one of BUILDS; ``index``: an extra package index for torch ("" for the
     build's own). Raises SetupError or SetupCancelled; the setting changes only at the end.
     """
-    log = worker._Log(feedback)
+    log = lines.FeedbackLog(feedback)
     if build not in BUILDS:
         raise SetupError(f"unknown build {build!r}: one of {', '.join(BUILDS)}")
     if build == "CUDA" and not nvidia_gpu():
         raise SetupError("the CUDA build needs an NVIDIA GPU and its driver, and none was found "
                          "(no nvidia-smi, no /proc/driver/nvidia): choose the CPU build")
-    source = worker.engine_source()
+    source = discovery.engine_source()
     if source is None:
-        raise SetupError(f"the plugin has no engine wheel ({worker.WHEELS_DIR}/"
-                         f"{worker.WHEEL_GLOB}): reinstall the plugin from a zip built by "
+        raise SetupError(f"the plugin has no engine wheel ({discovery.WHEELS_DIR}/"
+                         f"{discovery.WHEEL_GLOB}): reinstall the plugin from a zip built by "
                          "make plugin")
-    pins = worker.torch_pins()
+    pins = discovery.torch_pins()
     if not pins:
-        raise SetupError(f"{worker.PINS_FILE} is missing: reinstall the plugin")
-    target = os.path.abspath(os.path.expanduser(target or worker.USER_VENV))
+        raise SetupError(f"{discovery.PINS_FILE} is missing: reinstall the plugin")
+    target = os.path.abspath(os.path.expanduser(target or discovery.USER_VENV))
     try:
         python = make_venv(target, base, log)
         pip = [python, "-m", "pip", "install", "--progress-bar", "off",
@@ -278,11 +278,11 @@ def setup_engine(target: str, base: str, build: str, index: str, feedback) -> st
         extra = index_args(build, index, log)
         log.info(f"Installing the engine ({os.path.basename(source)}) with torch: "
                  "a download of hundreds of megabytes the first time")
-        _run([*pip, *extra, f"{source}[{worker.EXTRAS}]", *pins], log, "pip")
+        _run([*pip, *extra, f"{source}[{discovery.EXTRAS}]", *pins], log, "pip")
         _run([*pip, "--force-reinstall", "--no-deps", source], log, "pip")
     except SetupCancelled as exc:
         raise SetupCancelled(
-            f"Cancelled while {exc}: {target} may be incomplete (run {worker.SETUP_NAME} again "
+            f"Cancelled while {exc}: {target} may be incomplete (run {discovery.SETUP_NAME} again "
             "to finish it); the GLNet Python setting was not changed") from None
     verify(python, build, log)
     save_setting(python)

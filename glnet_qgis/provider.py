@@ -6,7 +6,7 @@ import os
 from qgis.core import QgsProcessingModelAlgorithm, QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
-from . import worker
+from . import discovery
 from .evaluate import EvaluateAlgorithm
 from .importofficial import ImportOfficialAlgorithm
 from .modelinfo import ModelInfoAlgorithm
@@ -85,11 +85,11 @@ def _add_settings(group):
     except ImportError:  # Processing's Python part is absent: the setting is read all the same
         return
     ProcessingConfig.addSetting(Setting(
-        group, worker.SETTING,
+        group, discovery.SETTING,
         "Python with the GLNet engine (empty: GLNET_PYTHON, else found automatically)", "",
         valuetype=Setting.FILE))
     ProcessingConfig.readSettings()
-    worker.forget()
+    discovery.forget()
 
 
 def _remove_settings():
@@ -97,7 +97,7 @@ def _remove_settings():
         from processing.core.ProcessingConfig import ProcessingConfig
     except ImportError:
         return
-    ProcessingConfig.removeSetting(worker.SETTING)
+    ProcessingConfig.removeSetting(discovery.SETTING)
 
 
 def example_models():

@@ -10,7 +10,7 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
-from . import engine_setup, worker
+from . import discovery, engine_setup
 from .algorithm import GlnetAlgorithm, advanced
 
 
@@ -25,10 +25,10 @@ class SetupEngineAlgorithm(GlnetAlgorithm):
     PYTHON = "PYTHON"
 
     def name(self):
-        return worker.SETUP_ALGORITHM.split(":", 1)[1]
+        return discovery.SETUP_ALGORITHM.split(":", 1)[1]
 
     def displayName(self):
-        return self.tr(worker.SETUP_NAME)
+        return self.tr(discovery.SETUP_NAME)
 
     def shortDescription(self):
         return self.tr("Installs the GLNet engine with torch in a Python environment of its own "
@@ -58,7 +58,7 @@ class SetupEngineAlgorithm(GlnetAlgorithm):
         self.addParameter(QgsProcessingParameterFile(
             self.TARGET, self.tr("Folder of the engine's virtual environment"),
             QgsProcessingParameterFile.Folder,
-            defaultValue=os.path.expanduser(worker.USER_VENV)))
+            defaultValue=os.path.expanduser(discovery.USER_VENV)))
         self.addParameter(QgsProcessingParameterFile(
             self.BASE_PYTHON, self.tr("Base Python to make it with (empty: found automatically)"),
             QgsProcessingParameterFile.File, optional=True))

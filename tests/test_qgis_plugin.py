@@ -216,6 +216,7 @@ def test_zip_holds_real_files_and_the_engine(plugin_zip):
     assert meta == (ROOT / "metadata.txt").read_text(encoding="utf-8")
     assert "<svg" in icon
     for name in ("__init__.py", "provider.py", "modelinfo.py", "engine_loader.py", "worker.py",
+                 "discovery.py", "process.py", "lines.py", "cleanup.py",
                  "algorithm.py", "styles.py", "segment.py", "train.py", "vectorize.py",
                  "evaluate.py", "importofficial.py", "setupengine.py", "engine_setup.py",
                  "torch-pins.txt", "LICENSE"):

@@ -1,7 +1,9 @@
-"""The plugin's worker runner (glnet_qgis/worker.py) without QGIS.
+"""The plugin's worker runner (glnet_qgis/worker.py and the discovery, process,
+lines and cleanup modules it uses) without QGIS.
 
-worker.py needs only the standard library, so it is loaded here by path (the
-package's __init__ imports qgis). The engine is either the real CLI in this
+They need only the standard library and glnet.contract, so they are loaded here
+from the plugin folder as a stand-in package (the real package's __init__
+imports qgis). The engine is either the real CLI in this
 virtual environment or a small shell script standing in for ``python`` that
 behaves in the ways a worker can: progress, messages, errors, a clean
 cancellation, and one that ignores SIGTERM and has to be killed.
@@ -9,12 +11,13 @@ cancellation, and one that ignores SIGTERM and has to be killed.
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import os
 import shutil
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -22,14 +25,32 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _plugin_modules():
+    """glnet_qgis's folder as a package without its __init__ (which imports qgis)."""
+    name = "glnet_qgis_without_qgis"
+    for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
+        del sys.modules[key]
+    package = types.ModuleType(name)
+    package.__path__ = [str(ROOT / "glnet_qgis")]
+    sys.modules[name] = package
+    return {m: importlib.import_module(f"{name}.{m}")
+            for m in ("worker", "discovery", "process", "lines", "cleanup")}
+
+
 @pytest.fixture
-def worker(monkeypatch):
-    spec = importlib.util.spec_from_file_location("glnet_qgis_worker",
-                                                  ROOT / "glnet_qgis" / "worker.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def plugin(monkeypatch):
     monkeypatch.delenv("GLNET_PYTHON", raising=False)
-    return module
+    return types.SimpleNamespace(**_plugin_modules())
+
+
+@pytest.fixture
+def worker(plugin):
+    return plugin.worker
+
+
+@pytest.fixture
+def discovery(plugin):
+    return plugin.discovery
 
 
 class Feedback:
@@ -150,8 +171,8 @@ def test_cancel_stops_the_engine_which_cleans_up(worker, fake_python, tmp_path):
     assert list(tmp_path.iterdir()) == [tmp_path / "bin"]
 
 
-def test_cancel_reaches_the_workers_children(worker, fake_python, tmp_path, monkeypatch):
-    monkeypatch.setattr(worker, "TERMINATE_GRACE", 0.5)
+def test_cancel_reaches_the_workers_children(plugin, worker, fake_python, tmp_path, monkeypatch):
+    monkeypatch.setattr(plugin.process, "TERMINATE_GRACE", 0.5)
     out = tmp_path / "mask.tif"
     with pytest.raises(worker.EngineCancelled):
         worker.run_engine("family", ["-o", str(out)], Feedback(cancel_at=0), outputs=[out],
@@ -170,9 +191,9 @@ def test_cancel_reaches_the_workers_children(worker, fake_python, tmp_path, monk
         assert not os.path.exists(f"/proc/{child}"), "the child outlived the cancel"
 
 
-def test_a_worker_ignoring_sigterm_is_killed_and_its_files_removed(worker, fake_python,
+def test_a_worker_ignoring_sigterm_is_killed_and_its_files_removed(plugin, worker, fake_python,
                                                                    tmp_path, monkeypatch):
-    monkeypatch.setattr(worker, "TERMINATE_GRACE", 0.5)
+    monkeypatch.setattr(plugin.process, "TERMINATE_GRACE", 0.5)
     feedback = Feedback(cancel_at=0)
     out = tmp_path / "mask.tif"
     mine = tmp_path / ".mask.tif.my notes"  # not one of the engine's names: kept
@@ -184,7 +205,7 @@ def test_a_worker_ignoring_sigterm_is_killed_and_its_files_removed(worker, fake_
     assert sorted(tmp_path.iterdir()) == sorted([tmp_path / "bin", mine])
 
 
-def test_partial_output_names(worker, tmp_path):
+def test_partial_output_names(plugin, tmp_path):
     names = [".mask.tif.abcd_123.part", ".mask.tif.x1y2z3w4.mask.tif",
              ".mask.tif.x1y2z3w4.mask.tif.ovr", ".mask.tif.x1y2z3w4.prob.tif.aux.xml",
              ".mask.qml.k2j3h4g5.part", ".model.glnet.ckpt.a1b2c3d4.part",
@@ -194,7 +215,7 @@ def test_partial_output_names(worker, tmp_path):
     for name in names + kept:
         (tmp_path / name).write_text("")
     outputs = [tmp_path / "mask.tif", tmp_path / "model.glnet", tmp_path / "polygons.gpkg"]
-    removed = worker.remove_partial_outputs(outputs)
+    removed = plugin.cleanup.remove_partial_outputs(outputs)
     assert sorted(Path(p).name for p in removed) == sorted(names)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept)
 
@@ -209,7 +230,7 @@ def test_the_real_engine(worker, tmp_path):
     model = save_model(GLNet(net), default_meta(net), tmp_path / "m.glnet")
     result = worker.run_engine("info", [str(model), "--json"], None, python=sys.executable,
                                echo_stdout=False)
-    assert worker.last_json(result.stdout_lines)["net"]["window_size"] == 128
+    assert json.loads(result.stdout)["net"]["window_size"] == 128
     with pytest.raises(worker.EngineError) as err:
         worker.run_engine("info", [str(tmp_path / "none.glnet")], None, python=sys.executable)
     assert str(err.value).startswith(f"{tmp_path / 'none.glnet'}: ")
@@ -218,22 +239,22 @@ def test_the_real_engine(worker, tmp_path):
     assert "required" in str(err.value) and "usage" not in str(err.value)
 
 
-def test_discovery_order(worker, tmp_path, monkeypatch):
+def test_discovery_order(discovery, tmp_path, monkeypatch):
     # No setting outside QGIS; without GLNET_PYTHON the checkout's .venv comes first.
-    assert worker.setting_value() == ""
-    explicit, found = worker.candidates()
+    assert discovery.setting_value() == ""
+    explicit, found = discovery.candidates()
     assert explicit is None
     assert found[0] == (str(ROOT / ".venv" / "bin" / "python"), "source checkout")
     assert found[1][0] == os.path.expanduser("~/.local/share/glnet-qgis/venv/bin/python")
     if (ROOT / ".venv" / "bin" / "python").exists():
-        assert worker.find_python() == str(ROOT / ".venv" / "bin" / "python")
+        assert discovery.find_python() == str(ROOT / ".venv" / "bin" / "python")
 
     # GLNET_PYTHON: that one only, and the message says how to fix it.
     monkeypatch.setenv("GLNET_PYTHON", str(tmp_path / "nowhere" / "python"))
-    assert worker.candidates() == ("the environment variable GLNET_PYTHON",
+    assert discovery.candidates() == ("the environment variable GLNET_PYTHON",
                                    [(str(tmp_path / "nowhere" / "python"), "GLNET_PYTHON")])
-    with pytest.raises(worker.EngineNotFound) as err:
-        worker.find_python()
+    with pytest.raises(discovery.EngineNotFound) as err:
+        discovery.find_python()
     text = str(err.value)
     assert text.startswith("The GLNet engine was not found.")
     assert f"names {tmp_path / 'nowhere' / 'python'}, which cannot import glnet (not found)" in text
@@ -243,16 +264,16 @@ def test_discovery_order(worker, tmp_path, monkeypatch):
     assert '"Set up the GLNet engine" (glnet:setupengine;' in text
 
     monkeypatch.setenv("GLNET_PYTHON", sys.executable)
-    assert worker.find_python() == sys.executable
-    assert worker.check_python(sys.executable)[1].startswith("glnet ")
+    assert discovery.find_python() == sys.executable
+    assert discovery.check_python(sys.executable)[1].startswith("glnet ")
 
 
-def test_install_message_without_any_candidate(worker, monkeypatch, tmp_path):
-    monkeypatch.setattr(worker, "PLUGIN_DIR", str(tmp_path / "plugins" / "glnet_qgis"))
+def test_install_message_without_any_candidate(discovery, monkeypatch, tmp_path):
+    monkeypatch.setattr(discovery, "PLUGIN_DIR", str(tmp_path / "plugins" / "glnet_qgis"))
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(worker.EngineNotFound) as err:
-        worker.find_python()
+    with pytest.raises(discovery.EngineNotFound) as err:
+        discovery.find_python()
     text = str(err.value)
     # A plugin folder with neither a wheel nor a checkout: the source tree, by name.
     assert "python3 -m venv $HOME/.local/share/glnet-qgis/venv && " \
@@ -263,34 +284,27 @@ def test_install_message_without_any_candidate(worker, monkeypatch, tmp_path):
         in text
 
 
-def test_console_script_interpreter(worker, tmp_path):
+def test_console_script_interpreter(discovery, tmp_path):
     def script(text):
         path = tmp_path / "glnet"
         path.write_text(text)
         return str(path)
 
-    assert worker.script_interpreter(script("#!/opt/env/bin/python3.11\nimport sys\n")) == \
+    assert discovery.script_interpreter(script("#!/opt/env/bin/python3.11\nimport sys\n")) == \
         "/opt/env/bin/python3.11"
     # pip's form for long paths and paths with spaces
-    assert worker.script_interpreter(script(
+    assert discovery.script_interpreter(script(
         "#!/bin/sh\n'''exec' \"/opt/my env/bin/python\" \"$0\" \"$@\"\n' '''\n")) == \
         "/opt/my env/bin/python"
-    assert worker.script_interpreter(script("#!/usr/bin/env python3\n")) == \
+    assert discovery.script_interpreter(script("#!/usr/bin/env python3\n")) == \
         shutil.which("python3")
-    assert worker.script_interpreter(script("no shebang\n")) is None
-    assert worker.script_interpreter(str(tmp_path / "missing")) is None
+    assert discovery.script_interpreter(script("no shebang\n")) is None
+    assert discovery.script_interpreter(str(tmp_path / "missing")) is None
 
 
-def test_last_json(worker):
-    assert worker.last_json(["{", '  "a": 1', "}"]) == {"a": 1}
-    assert worker.last_json(["wrote x", '{"b": 2}']) == {"b": 2}
-    assert worker.last_json(["nothing"]) is None
-    assert json.dumps(worker.last_json(["[1, 2]"])) == "[1, 2]"
-
-
-def test_engine_hints_name_the_dialogs_parameters(worker):
-    assert worker.dialog_terms("give --resolution M, or --force-resample to run it anyway") == (
+def test_engine_hints_name_the_dialogs_parameters(plugin):
+    assert plugin.lines.dialog_terms("give --resolution M, or --force-resample to run it anyway") == (
         'give "Resample to this resolution" M, or turning on "Resample even by more than 4x" '
         "to run it anyway")
-    assert "--" not in worker.dialog_terms("x.tif: already exists (use --overwrite to replace it)")
-    assert worker.dialog_terms("e.g. --bands 1,1,1") == 'e.g. "Bands" 1,1,1'
+    assert "--" not in plugin.lines.dialog_terms("x.tif: already exists (use --overwrite to replace it)")
+    assert plugin.lines.dialog_terms("e.g. --bands 1,1,1") == 'e.g. "Bands" 1,1,1'
