@@ -67,7 +67,7 @@ Dubai
     tiles 6 and 7 (``--dubai-split``), so no test pixel lies in any training
     image.
 
-Scores come from ``glnet.evaluate.evaluate_model`` / ``evaluate_model_on_dataset``
+Scores come from ``glnet.evaluate.model.evaluate_model`` / ``evaluate_model_on_dataset``
 (what ``glnet evaluate -m`` runs): the scene is segmented by ``glnet.segment.scene``
 (windows overlapping by a quarter, smooth blending) into a mask, and the
 project's confusion matrix gives per-class IoU and mIoU (the mean over classes
@@ -216,7 +216,7 @@ def budget_of(method: str, args: argparse.Namespace) -> dict:
 def run_method(dataset: str, method: str, data: dict, args: argparse.Namespace, work: Path,
                seed: int) -> dict:
     from glnet.config import SegmentOptions
-    from glnet.evaluate import evaluate_model, evaluate_model_on_dataset
+    from glnet.evaluate.model import evaluate_model, evaluate_model_on_dataset
     from glnet.modelfile import read_metadata
     from glnet.train.datasets import scenes_from_folder, scenes_from_pairs
     from glnet.train.training import train

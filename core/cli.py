@@ -522,7 +522,8 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate, evaluate_model, evaluate_model_on_dataset
+    from .evaluate.mask import evaluate
+    from .evaluate.model import evaluate_model, evaluate_model_on_dataset
 
     given = [a for a in (args.pred, args.ref) if a is not None]
     if args.dataset is not None:

@@ -20,7 +20,7 @@ from rasterio.warp import transform_geom
 
 from glnet import synth
 from glnet.errors import GlnetError
-from glnet.evaluate import evaluate
+from glnet.evaluate.mask import evaluate
 from glnet.metrics import ConfusionMatrix
 from glnet.raster.masks import classes_json
 
@@ -343,7 +343,7 @@ def land_model(land, tmp_path_factory):
 
 def test_model_against_labels_equals_segment_then_evaluate(land, land_model, tmp_path):
     from glnet.config import SegmentOptions
-    from glnet.evaluate import evaluate_model
+    from glnet.evaluate.model import evaluate_model
 
     out, labels, _ = land
     mask = tmp_path / "mask.tif"
@@ -401,7 +401,7 @@ def _loveda_folder(root: Path, out: Path, tiles: int = 2) -> Path:
 def test_model_against_a_dataset_folder(land, land_model, tmp_path):
     from glnet.cli import main
     from glnet.config import SegmentOptions
-    from glnet.evaluate import evaluate_model_on_dataset
+    from glnet.evaluate.model import evaluate_model_on_dataset
     from glnet.segment.scene import segment
 
     out, _, _ = land
@@ -450,7 +450,7 @@ def test_model_bad_inputs(land, land_model, tmp_path):
         dst.write({"geometry": {"type": "Polygon", "coordinates": [[(x, y), (x + 50, y),
                                                                      (x + 50, y - 50), (x, y)]]},
                    "properties": {"class_id": 7}})
-    from glnet.evaluate import evaluate_model
+    from glnet.evaluate.model import evaluate_model
 
     with pytest.raises(GlnetError, match="poly.gpkg: reference has class values 7 that the model"):
         evaluate_model(land_model, out / "scene.tif", poly)
