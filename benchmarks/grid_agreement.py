@@ -161,7 +161,11 @@ def main(argv=None) -> int:
                               overviews=False, style=False)
         if args.blend:
             base = base.replace(blend=args.blend)
-        first = base.replace(overlap=args.first_overlap) if args.first_overlap else base
+        window = meta.net.window_size
+        # Grid A is the grid segment used before its default overlap became the
+        # blend width: a quarter window, unless --first-overlap says otherwise.
+        first_overlap = args.first_overlap if args.first_overlap is not None else window // 4
+        first = base.replace(overlap=first_overlap)
         second = base.replace(window_size=args.window, overlap=args.overlap)
         masks = []
         for name, opts in (("a", first), ("b", second)):
@@ -173,8 +177,6 @@ def main(argv=None) -> int:
         valid = (a != 255) & (b != 255)
         same = (a == b) & valid
         away = valid & away_from_boundaries(a, args.margin)
-        window = meta.net.window_size
-        first_overlap = args.first_overlap if args.first_overlap is not None else window // 4
         grid = WindowGrid.build(side, side, window, first_overlap,
                                 min(args.blend or SegmentOptions().blend, max(first_overlap, 1)))
         seams = np.zeros_like(valid)

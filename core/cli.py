@@ -249,7 +249,8 @@ def _add_segment(sub) -> None:
                         f"faster on a GPU)")
     p.add_argument("--window", type=int, help="context window in pixels (default: the model's)")
     p.add_argument("--overlap", type=int, help="least overlap of windows in pixels "
-                                               "(default: a quarter window)")
+                                               "(default: the blend width, at most a quarter "
+                                               "window)")
     p.add_argument("--blend", type=int, default=SegmentOptions.blend,
                    help=f"width in pixels of the smooth hand-over between windows (default "
                         f"{SegmentOptions.blend})")

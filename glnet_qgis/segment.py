@@ -93,7 +93,8 @@ class SegmentAlgorithm(GlnetAlgorithm):
             "change) and in fp32 elsewhere; fp32 always gives the full-precision mask; bf16 "
             "is used even where it is emulated (slower; the log warns).\n\n"
             "Advanced (empty: the model's own value, read from its metadata): the context "
-            "window, the least overlap of windows (a quarter window), the blending width, the "
+            "window, the least overlap of windows (the blending width, at most a quarter "
+            "window), the blending width, the "
             "patches per forward pass, the branches used, and coarse-to-fine refinement: with "
             "'confidence' the local branch skips patches where the global branch is at least "
             "as confident as the threshold. Scenes whose resolution differs from the model's "
@@ -135,7 +136,8 @@ class SegmentAlgorithm(GlnetAlgorithm):
             self.WINDOW, self.tr("Context window in pixels (empty: the model's)"),
             QgsProcessingParameterNumber.Integer, optional=True, minValue=1)))
         self.addParameter(advanced(QgsProcessingParameterNumber(
-            self.OVERLAP, self.tr("Least overlap of windows in pixels (empty: a quarter window)"),
+            self.OVERLAP, self.tr("Least overlap of windows in pixels (empty: the blending width, at most a "
+                             "quarter window)"),
             QgsProcessingParameterNumber.Integer, optional=True, minValue=0)))
         self.addParameter(advanced(QgsProcessingParameterNumber(
             self.BLEND, self.tr("Blending width between windows in pixels"),

@@ -266,7 +266,7 @@ def plan_job(scene: str | Path, meta: ModelMeta, output: str | Path,
     if window < meta.net.patch_size:
         raise OptionError(f"window size {window} px is smaller than the model's patches "
                           f"({meta.net.patch_size} px)")
-    overlap = opts.overlap if opts.overlap is not None else window // 4
+    overlap = opts.window_overlap(window)
     if overlap > window // 2:
         raise GlnetError(f"overlap {overlap} px is more than half the window ({window} px)")
     height, width = plan.work_size
