@@ -34,6 +34,7 @@ Usage:
     python benchmarks/scene_scale.py --sizes 25 --threads 2
     python benchmarks/scene_scale.py --sizes 25,100,400 --mode 1   # global branch only
     python benchmarks/scene_scale.py --sizes 1,4 --rounds 2 --no-peer
+    python benchmarks/scene_scale.py --sizes 25 --backend openvino   # needs glnet-qgis[openvino]
 
 Prints a Markdown table (and JSON with ``--json``).
 """
@@ -81,7 +82,7 @@ cpu0 = resource.getrusage(resource.RUSAGE_SELF)
 t = time.perf_counter()
 res = segment(args["scene"], args["model"], args["output"],
               SegmentOptions(threads=args["threads"], mode=args["mode"], overwrite=True,
-                             style=False))
+                             style=False, backend=args["backend"]))
 seconds = time.perf_counter() - t
 cpu1 = resource.getrusage(resource.RUSAGE_SELF)
 cpu = cpu1.ru_utime - cpu0.ru_utime + cpu1.ru_stime - cpu0.ru_stime
@@ -108,7 +109,13 @@ torch.manual_seed(0)
 model = GLNet(preset(args["preset"])).eval()
 size = model.cfg.window_size
 x = torch.randn(1, 3, size, size)
-predict_window(model, x[..., :size // 2, :size // 2], mode=args["mode"], sub_batch=sub_batch,
+if args["backend"] == "openvino":
+    from glnet.nn.openvino import OpenVINONetwork
+    model = OpenVINONetwork(model, precision=precision, threads=args["threads"])
+    warm = x  # compiled per input shape: warm up on the timed shape
+else:
+    warm = x[..., :size // 2, :size // 2]
+predict_window(model, warm, mode=args["mode"], sub_batch=sub_batch,
                smooth_patches=True, precision=precision)
 times, cpus = [], []
 for _ in range(args["repeats"]):
@@ -244,6 +251,10 @@ def main(argv=None) -> int:
     parser.add_argument("--mode", type=int, default=None, choices=(1, 2),
                         help="GLNet mode (default: the full global-to-local, 2)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--backend", default="torch", choices=("torch", "openvino"),
+                        help="glnet segment's backend (the peer stays torch); with openvino the "
+                             "branches are converted once on a small scene before the timed "
+                             "runs, and that time is reported apart")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="where scenes are generated (default: a temporary folder)")
     parser.add_argument("--repeats", type=int, default=2, help="model-only timing repeats")
@@ -275,7 +286,16 @@ def main(argv=None) -> int:
         torch.manual_seed(0)
         meta = default_meta(cfg, preset=args.preset, dtype="uint8", mean=mean, std=std)
         model_path = save_model(GLNet(cfg).eval(), meta, work / "model.glnet")
-        base = {"threads": args.threads, "mode": args.mode}
+        base = {"threads": args.threads, "mode": args.mode, "backend": args.backend}
+        if args.backend == "openvino":
+            # The conversion is once per model (cached beside it): not part of a scene's rate.
+            warm = work / "warm.tif"
+            generate_scene(warm, cfg.window_size + cfg.window_size // 2)
+            t = time.perf_counter()
+            run_child(CHILD, {**base, "scene": str(warm), "model": str(model_path),
+                              "output": str(work / "warm_mask.tif")})
+            converted = time.perf_counter() - t
+            log(f"openvino: branches converted and cached in {converted:.0f} s")
         log(f"model-only throughput ({args.preset}, one {cfg.window_size} px window) ...")
         only = run_child(MODEL_ONLY, {**base, "preset": args.preset, "repeats": args.repeats,
                                       "mode": args.mode or 2})
@@ -329,7 +349,8 @@ def main(argv=None) -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     mode = f"mode {args.mode}" if args.mode else "mode 2 (global to local)"
-    print(f"\n{args.preset} preset, {mode}, threads {args.threads or torch.get_num_threads()}, "
+    print(f"\n{args.preset} preset, {mode}, backend {args.backend}, "
+          f"threads {args.threads or torch.get_num_threads()}, "
           f"precision {precision.name} ({precision.requested}), medians of {args.rounds} "
           f"round(s); model only: {only['mp_per_s']:.3f} MP/s wall, "
           f"{only['mp_per_cpu_s']:.3f} MP per CPU-second on one {only['window']} px window "
@@ -364,6 +385,7 @@ def main(argv=None) -> int:
         args.json.write_text(json.dumps({"model_only": only, "scenes": rows,
                                          "preset": args.preset, "mode": args.mode,
                                          "threads": args.threads, "rounds": args.rounds,
+                                         "backend": args.backend,
                                          "precision": precision.name, "peer": args.peer},
                                         indent=2))
     return 0

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from . import __version__, contract
 from .config import (
+    BACKENDS,
     PRECISIONS,
     PRESETS,
     PROBABILITY_KINDS,
@@ -244,6 +245,10 @@ def _add_segment(sub) -> None:
                         f"where the CPU (avx512_bf16, amx_bf16) or GPU has it natively, else fp32 "
                         f"(default {SegmentOptions.precision}). bf16 elsewhere runs emulated, "
                         f"with a warning")
+    p.add_argument("--backend", choices=BACKENDS, default=SegmentOptions.backend,
+                   help=f"runtime of the network: torch (default {SegmentOptions.backend}), or "
+                        f"openvino on the CPU (needs glnet-qgis[openvino]; each model is "
+                        f"converted once and kept in MODEL.openvino/ beside it)")
     p.add_argument("--batch", type=int, default=SegmentOptions.sub_batch,
                    help=f"patches per forward pass (default {SegmentOptions.sub_batch}; more is "
                         f"faster on a GPU)")
@@ -626,7 +631,7 @@ def _segment(args: argparse.Namespace) -> int:
         blend=args.blend, mode=args.mode, refine=args.refine, confidence=args.refine_threshold,
         resample=not args.no_resample, resolution=args.resolution,
         force_resample=args.force_resample, device=args.device, precision=args.precision,
-        threads=args.threads, sub_batch=args.batch, overwrite=args.overwrite, overviews=not args.no_overviews,
+        backend=args.backend, threads=args.threads, sub_batch=args.batch, overwrite=args.overwrite, overviews=not args.no_overviews,
         resume=args.resume)
     if args.resume and args.scheduler is not None:
         raise GlnetError("--resume is for runs in one process, not with --scheduler")

@@ -34,6 +34,10 @@ PRECISIONS = ("fp32", "bf16", "auto")
 # class (0.004 % beyond 3 px of a class boundary); fp32 stays one option away.
 DEFAULT_PRECISION = "auto"
 
+# Runtimes of inference: torch (the reference, and training's), or OpenVINO for
+# the branch networks on a CPU (glnet.nn.openvino; the "openvino" extra).
+BACKENDS = ("torch", "openvino")
+
 
 @dataclass(frozen=True)
 class NetConfig:
@@ -367,7 +371,11 @@ class SegmentOptions:
             computes it natively (``glnet.nn.precision``), else fp32. bf16 on a
             device without native support runs emulated, with a warning.
             Default ``precision.DEFAULT_PRECISION`` (auto).
-        threads: torch threads (None: torch's default).
+        backend: "torch", or "openvino": the branch networks run by OpenVINO on
+            the CPU (``glnet.nn.openvino``; needs the ``openvino`` extra), each
+            converted once per model and input shape and kept in
+            ``MODEL.openvino/`` beside the model file.
+        threads: torch threads, and OpenVINO's (None: their defaults).
         sub_batch: patches per forward pass of the local branch (1 costs no
             speed on a CPU and 60 MB less memory than 2 with the fast preset).
         overwrite: replace existing output files.
@@ -404,6 +412,7 @@ class SegmentOptions:
     resolution_tolerance: float = 0.1
     device: str = "cpu"
     precision: str = DEFAULT_PRECISION
+    backend: str = "torch"
     threads: int | None = None
     sub_batch: int = 1
     overwrite: bool = False
@@ -466,6 +475,12 @@ class SegmentOptions:
         if self.precision not in PRECISIONS:
             raise OptionError(f"precision must be one of {', '.join(PRECISIONS)}, "
                               f"not {self.precision!r}")
+        if self.backend not in BACKENDS:
+            raise OptionError(f"backend must be one of {', '.join(BACKENDS)}, "
+                              f"not {self.backend!r}", option="backend")
+        if self.backend == "openvino" and self.device != "cpu":
+            raise OptionError(f"backend openvino runs on the CPU: device {self.device!r} "
+                              "needs backend torch", option="backend")
 
     def replace(self, **changes) -> SegmentOptions:
         known = {f.name for f in fields(self)}

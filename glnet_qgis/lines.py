@@ -84,6 +84,8 @@ DIALOG_TERMS = (
     (r"--device\b", '"Device"'),
     (r"--precision auto\b", '"Precision" Automatic'),
     (r"--precision\b", '"Precision"'),
+    (r"--backend openvino\b", '"Runtime" OpenVINO'),
+    (r"--backend torch\b", '"Runtime" PyTorch'),
 )
 
 

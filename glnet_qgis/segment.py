@@ -31,6 +31,8 @@ from .algorithm import (
 DEVICES = ("cpu", "cuda")
 # The engine's --precision values, in the order of the "Precision" choices.
 PRECISIONS = ("auto", "fp32", "bf16")
+# The engine's --backend values, in the order of the "Runtime" choices.
+BACKENDS = ("torch", "openvino")
 MODES = (None, 1, 2, 3)
 REFINE = ("all", "confidence", "bbox", "bbox+confidence")
 PROBABILITY_KINDS = ("classes", "confidence")
@@ -46,6 +48,7 @@ class SegmentAlgorithm(GlnetAlgorithm):
     AOI = "AOI"
     DEVICE = "DEVICE"
     PRECISION = "PRECISION"
+    BACKEND = "BACKEND"
     WINDOW = "WINDOW"
     OVERLAP = "OVERLAP"
     BLEND = "BLEND"
@@ -92,6 +95,10 @@ class SegmentAlgorithm(GlnetAlgorithm):
             "generation on; faster, and a few pixels near class boundaries may "
             "change) and in fp32 elsewhere; fp32 always gives the full-precision mask; bf16 "
             "is used even where it is emulated (slower; the log warns).\n\n"
+            "Runtime (advanced): PyTorch, or OpenVINO for the CPU (the engine needs the "
+            "openvino extra: pip install 'glnet-qgis[openvino]'); OpenVINO converts the model "
+            "once, on its first run, into a folder MODEL.openvino beside the model file, and "
+            "gives the same mask but for pixels where two classes are tied.\n\n"
             "Advanced (empty: the model's own value, read from its metadata): the context "
             "window, the least overlap of windows (the blending width, at most a quarter "
             "window), the blending width, the "
@@ -163,6 +170,10 @@ class SegmentAlgorithm(GlnetAlgorithm):
         self.addParameter(advanced(QgsProcessingParameterNumber(
             self.THREADS, self.tr("CPU threads (empty: all)"), QgsProcessingParameterNumber.Integer,
             optional=True, minValue=1)))
+        self.addParameter(advanced(QgsProcessingParameterEnum(
+            self.BACKEND, self.tr("Runtime"),
+            options=[self.tr("PyTorch"), self.tr("OpenVINO (CPU)")],
+            defaultValue=BACKENDS.index(getattr(defaults, "backend", "torch")))))
         self.addParameter(advanced(QgsProcessingParameterBoolean(
             self.RESAMPLE, self.tr("Resample to the model's resolution when it differs"),
             defaultValue=defaults.resample)))
@@ -263,6 +274,9 @@ class SegmentAlgorithm(GlnetAlgorithm):
         args += ["--device", DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
                  "--precision",
                  PRECISIONS[self.parameterAsEnum(parameters, self.PRECISION, context)]]
+        backend = BACKENDS[self.parameterAsEnum(parameters, self.BACKEND, context)]
+        if backend != "torch":  # an engine from before the option still runs torch
+            args += ["--backend", backend]
         for key, flag in ((self.WINDOW, "--window"), (self.OVERLAP, "--overlap"),
                           (self.THREADS, "--threads")):
             if parameters.get(key) not in (None, ""):

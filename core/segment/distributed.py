@@ -109,6 +109,18 @@ def _plugin_class():
             from ..modelfile import load_model
 
             self.net, _ = load_model(self.model, device=self.device)
+            self._runtimes = {}
+
+        def runtime(self, opts, precision: str, threads: int):
+            """The network a task runs (``strips.runtime_network``), made once per worker
+            and setting: OpenVINO's compiled branches are shared by the worker's tasks."""
+            from .strips import runtime_network
+
+            key = (opts.backend, precision, threads)
+            if key not in self._runtimes:
+                self._runtimes[key] = runtime_network(
+                    self.net, opts.replace(threads=threads), precision, Path(self.model))
+            return self._runtimes[key]
 
     return ModelPlugin
 
@@ -121,14 +133,15 @@ def _strip_task(job: SegmentJob, strip: Strip, mask_part: str, prob_part: str | 
     from distributed import get_worker
 
     worker = get_worker()
-    net = worker.plugins[plugin].net
+    threads = threads or worker.state.nthreads
+    net = worker.plugins[plugin].runtime(job.opts, job.precision.name, threads)
     tag = uuid.uuid4().hex[:8]
     tmp_mask = f"{mask_part}.{tag}.tmp"
     tmp_prob = f"{prob_part}.{tag}.tmp" if prob_part else None
     # Process-wide, and not put back: the worker process exists to run these
     # tasks, several at a time on its threads, and all of a run's tasks ask for
     # the same count; putting it back after each would change it under the others.
-    torch.set_num_threads(threads or worker.state.nthreads)
+    torch.set_num_threads(threads)
     try:
         # No .aux.xml side files beside the parts; a bounded GDAL cache as in-process.
         with rasterio.Env(GDAL_CACHEMAX=job.opts.cache_mb * 2**20, GDAL_PAM_ENABLED="NO"):

@@ -278,6 +278,12 @@ def plan_job(scene: str | Path, meta: ModelMeta, output: str | Path,
     precision = resolve_precision(opts.precision, opts.device)
     if precision.warning is not None:
         plan.warnings.append(precision.warning)
+    if opts.backend == "openvino":
+        from ..nn.openvino import available
+
+        if not available():
+            raise OptionError("--backend openvino needs the openvino package: "
+                              "pip install 'glnet-qgis[openvino]' (or --backend torch)")
 
     if plan.resample is None:
         work_region, source_kwargs = plan.region, None

@@ -36,7 +36,7 @@ from .finish import SegmentResult, finish_outputs, open_outputs, write_style
 from .plan import plan_job
 from .report import CancelFn, Report
 from .resume import locked, prepare_folder, removed_after, run_strips
-from .strips import load_net
+from .strips import load_net, runtime_network
 
 
 def segment(scene: str | Path, model, output: str | Path, options: SegmentOptions | None = None,
@@ -66,6 +66,7 @@ def segment(scene: str | Path, model, output: str | Path, options: SegmentOption
             if opts.resume and work.done:
                 report(0.0, f"resuming: {work.start} of {len(work.strips)} strips done")
             net, _ = load_net(model, model_path, opts)
+            net = runtime_network(net, opts, job.precision.name, model_path)
             with open_outputs(job) as outputs:
                 strips_done = run_strips(job, net, work, outputs.work, report)
                 result = finish_outputs(job, outputs, strips_done, report)

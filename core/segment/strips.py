@@ -70,6 +70,17 @@ def load_net(model, model_path: Path | None, opts: SegmentOptions):
     return net, meta
 
 
+def runtime_network(net, opts: SegmentOptions, precision: str, model_path: Path | None = None):
+    """The network that ``predict_window`` runs: ``net`` itself (backend torch), or
+    its branches compiled by OpenVINO (``nn.openvino``), cached beside ``model_path``."""
+    if opts.backend != "openvino":
+        return net
+    from ..nn.openvino import OpenVINONetwork, cache_folder
+
+    cache = cache_folder(model_path) if model_path is not None else None
+    return OpenVINONetwork(net, precision=precision, threads=opts.threads, cache=cache)
+
+
 def _open_source(job: SegmentJob):
     """A function opening the job's source: the scene, or a warped VRT onto the work grid."""
     import rasterio
