@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml $(TORCH_PINS_FILE)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH_PINS)
-	$(BIN)/python -m pip install --quiet -e ".[dev,demo,distributed,pretrained,openvino]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,demo,distributed,pretrained,openvino,int8]"
 	touch $(STAMP)
 
 # Xvfb: the desktop test runs the QGIS dialog on a virtual display.

@@ -1,22 +1,23 @@
-"""bf16 against fp32 inference with trained models: speed ratio and class agreement (issue 17).
+"""Precisions and backends against each other with trained models: speed and class agreement (issue 17).
 
 For each model, ``glnet segment`` runs on the same square part of the scene
-(``--crop`` px from ``--offset``, through ``SegmentOptions.extent``) with
-``precision="fp32"`` and ``precision="bf16"``, alternating, in the same
-process, and the script reports, in the same run:
+(``--crop`` px from ``--offset``, through ``SegmentOptions.extent``) once per
+``--runs`` entry (``BACKEND:PRECISION``; default ``torch:fp32,torch:bf16``, the
+first the reference), alternating, in the same process, and the script
+reports, in the same run:
 
-* speed: fp32 median wall time / bf16 median wall time of the whole
+* speed: the reference's median wall time / the run's median wall time of the whole
   ``segment`` call (reading, model, blending, writing the COG without
   overviews), and the same ratio of the time spent in the model alone
-  (``SegmentResult.model_seconds``); above 1 means bf16 is faster;
-* agreement: the share of valid pixels whose class differs between the fp32
-  and the bf16 mask, over all pixels, and over pixels more than ``--margin`` px
-  from a class boundary of the fp32 mask (where a class is decided with some
+  (``SegmentResult.model_seconds``); above 1 means the run is faster;
+* agreement: the share of valid pixels whose class differs between the
+  reference's mask and the run's, over all pixels, and over pixels more than
+  ``--margin`` px from a class boundary of the reference mask (where a class is decided with some
   room, reduced precision should not change it); with ``--labels``, each
   mask's accuracy against the reference raster too.
 
 Budget: the work is counted in windows (``windows`` column): each round runs
-every model's windows twice (fp32 and bf16), after ``--warmup`` untimed rounds.
+every model's windows once per run, after ``--warmup`` untimed rounds.
 A 2000 px crop is 4 windows of 1880 px; a stage-1 model runs its global branch
 only (mode 1, seconds per run), a stage-3 one the full network (mode 3, many
 patches per window: budget minutes).
@@ -25,6 +26,8 @@ Usage (smoke run; time ratios only mean something on an idle machine)::
 
     python benchmarks/precision.py /tmp/exp/d8k/scene.tif /tmp/demo_a/model.glnet \\
         --labels /tmp/exp/d8k/labels.tif --crop 2000 --repeats 1 --warmup 0
+    python benchmarks/precision.py demo_output/scene/scene.tif demo_output/model.glnet \
+        --runs torch:fp32,openvino:fp32,openvino:int8 --crop 1500   # after glnet quantize
 """
 
 from __future__ import annotations
@@ -39,8 +42,6 @@ from pathlib import Path
 
 from grid_agreement import away_from_boundaries
 from model_speed import cpu_model
-
-PRECISIONS = ("fp32", "bf16")
 
 
 def log(msg: str) -> None:
@@ -74,8 +75,26 @@ def read_labels(labels: Path, like: Path):
     return out
 
 
+def parse_runs(text: str) -> list[tuple[str, str]]:
+    """``torch:fp32,openvino:int8`` -> [("torch", "fp32"), ("openvino", "int8")]."""
+    runs = []
+    for item in text.split(","):
+        backend, _, precision = item.strip().partition(":")
+        if backend not in ("torch", "openvino") or precision not in ("fp32", "bf16", "int8"):
+            raise ValueError(f"run {item!r}: give BACKEND:PRECISION, BACKEND torch or openvino, "
+                             "PRECISION fp32, bf16 or int8")
+        runs.append((backend, precision))
+    if len(runs) < 2 or len(set(runs)) != len(runs):
+        raise ValueError("give two or more different runs, the reference first")
+    return runs
+
+
+def run_name(run: tuple[str, str]) -> str:
+    return f"{run[0]}:{run[1]}"
+
+
 def measure(scene: Path, model: Path, args: argparse.Namespace, work: Path) -> dict:
-    """Timed fp32 and bf16 runs of one model; their masks compared."""
+    """Timed runs of one model, alternating; each mask compared with the reference run's."""
     import rasterio
 
     from glnet.config import SegmentOptions
@@ -86,48 +105,57 @@ def measure(scene: Path, model: Path, args: argparse.Namespace, work: Path) -> d
     extent = crop_extent(scene, args.crop, args.offset)
     base = SegmentOptions(extent=extent, threads=args.threads, device=args.device,
                           overviews=False, style=False, overwrite=True)
-    wall = {p: [] for p in PRECISIONS}
-    model_s = {p: [] for p in PRECISIONS}
-    busy = {p: [] for p in PRECISIONS}
+    runs = args.runs
+    names = [run_name(r) for r in runs]
+    wall = {n: [] for n in names}
+    model_s = {n: [] for n in names}
+    busy = {n: [] for n in names}
     results = {}
     for r in range(args.warmup + args.repeats):
         timed = r >= args.warmup
-        # Alternate the order so that a slow spell of the machine hits both alike.
-        for precision in PRECISIONS if r % 2 == 0 else PRECISIONS[::-1]:
+        # Alternate the order so that a slow spell of the machine hits all alike.
+        for (backend, precision), name in (zip(runs, names) if r % 2 == 0
+                                           else list(zip(runs, names))[::-1]):
             cpu0, t0 = time.process_time(), time.perf_counter()
-            res = segment(scene, model, work / f"{precision}.tif",
-                          base.replace(precision=precision))
+            res = segment(scene, model, work / f"{backend}-{precision}.tif",
+                          base.replace(precision=precision, backend=backend))
             seconds = time.perf_counter() - t0
-            results[precision] = res
-            log(f"[{model.name}] {'round' if timed else 'warm-up'} {r + 1}: {precision} "
+            results[name] = res
+            log(f"[{model.name}] {'round' if timed else 'warm-up'} {r + 1}: {name} "
                 f"{seconds:.1f} s ({res.windows} windows, model {res.model_seconds:.1f} s)")
             if timed:
-                wall[precision].append(seconds)
-                model_s[precision].append(res.model_seconds)
-                busy[precision].append((time.process_time() - cpu0) / seconds)
+                wall[name].append(seconds)
+                model_s[name].append(res.model_seconds)
+                busy[name].append((time.process_time() - cpu0) / seconds)
     masks = {}
-    for precision in PRECISIONS:
-        with rasterio.open(work / f"{precision}.tif") as ds:
-            masks[precision] = ds.read(1)
-    a, b = masks["fp32"], masks["bf16"]
-    valid = (a != 255) & (b != 255)
-    differ = (a != b) & valid
-    away = valid & away_from_boundaries(a, args.margin)
+    for (backend, precision), name in zip(runs, names):
+        with rasterio.open(work / f"{backend}-{precision}.tif") as ds:
+            masks[name] = ds.read(1)
+    ref = masks[names[0]]
+    away_ref = away_from_boundaries(ref, args.margin)
+    compared = {}
+    for name in names[1:]:
+        other = masks[name]
+        valid = (ref != 255) & (other != 255)
+        differ = (ref != other) & valid
+        away = valid & away_ref
+        compared[name] = {"differ_all": float(differ.sum() / max(valid.sum(), 1)),
+                          "differ_away": float((differ & away).sum() / max(away.sum(), 1)),
+                          "share_away": float(away.sum() / max(valid.sum(), 1))}
     out = {
         "model": str(model), "preset": meta.preset, "stages": meta.stages,
-        "windows": results["fp32"].windows, "side": a.shape,
-        "wall": {p: statistics.median(v) for p, v in wall.items()},
-        "model_s": {p: statistics.median(v) for p, v in model_s.items()},
+        "windows": results[names[0]].windows, "side": ref.shape,
+        "wall": {n: statistics.median(v) for n, v in wall.items()},
+        "model_s": {n: statistics.median(v) for n, v in model_s.items()},
         "busy": min(statistics.median(v) for v in busy.values()),
-        "differ_all": float(differ.sum() / max(valid.sum(), 1)),
-        "differ_away": float((differ & away).sum() / max(away.sum(), 1)),
-        "share_away": float(away.sum() / max(valid.sum(), 1)),
+        "compared": compared,
     }
     if args.labels is not None:
-        truth = read_labels(args.labels, work / "fp32.tif")
-        known = valid & (truth != 255)
-        out["accuracy"] = {p: float(((m == truth) & known).sum() / max(known.sum(), 1))
-                           for p, m in masks.items()}
+        truth = read_labels(args.labels, work / f"{runs[0][0]}-{runs[0][1]}.tif")
+        out["accuracy"] = {}
+        for n, m in masks.items():
+            known = (m != 255) & (truth != 255)
+            out["accuracy"][n] = float(((m == truth) & known).sum() / max(known.sum(), 1))
     return out
 
 
@@ -136,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("scene", type=Path)
     parser.add_argument("models", type=Path, nargs="+", help="trained model files")
     parser.add_argument("--labels", type=Path, help="reference class raster (accuracy column)")
+    parser.add_argument("--runs", default="torch:fp32,torch:bf16",
+                        help="BACKEND:PRECISION runs, the reference first (default "
+                             "torch:fp32,torch:bf16; e.g. torch:fp32,openvino:fp32,openvino:int8, "
+                             "int8 after glnet quantize)")
     parser.add_argument("--crop", type=int, default=2000, help="square side in px (default 2000)")
     parser.add_argument("--offset", type=int, nargs=2, default=(0, 0), metavar=("ROW", "COL"),
                         help="top-left pixel of the crop (default 0 0)")
@@ -149,6 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.warmup < 0 or args.crop < 1:
         parser.error("--repeats and --crop must be at least 1, --warmup at least 0")
+    try:
+        args.runs = parse_runs(args.runs)
+    except ValueError as exc:
+        parser.error(str(exc))
 
     import torch
 
@@ -164,31 +200,32 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     auto = resolve_precision("auto", args.device)
+    ref = run_name(args.runs[0])
     print(f"torch {torch.__version__}, {args.threads} threads, CPU: {cpu_model()}; "
-          f"auto here: {auto.name}")
+          f"auto here: {auto.name}; reference {ref}")
     print()
-    print(f"| model | preset, stages | windows | fp32 s | bf16 s | speed bf16/fp32 (segment) "
+    print(f"| model | preset, stages | windows | run | s | speed vs {ref} (segment) "
           f"| (model only) | pixels differing | beyond {args.margin} px of a boundary "
-          f"| accuracy fp32 / bf16 | cores busy |")
+          f"| accuracy | cores busy |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         acc = r.get("accuracy")
-        accuracy = f"{100 * acc['fp32']:.2f} / {100 * acc['bf16']:.2f} %" if acc else "-"
-        print(f"| {Path(r['model']).name} | {r['preset']}, {','.join(map(str, r['stages']))} "
-              f"| {r['windows']} | {r['wall']['fp32']:.1f} | {r['wall']['bf16']:.1f} "
-              f"| {r['wall']['fp32'] / r['wall']['bf16']:.2f}x "
-              f"| {r['model_s']['fp32'] / max(r['model_s']['bf16'], 1e-9):.2f}x "
-              f"| {100 * r['differ_all']:.3f} % | {100 * r['differ_away']:.3f} % "
-              f"({100 * r['share_away']:.0f} % of pixels) "
-              f"| {accuracy} "
-              f"| {r['busy']:.1f} |")
+        for name in r["wall"]:
+            c = r["compared"].get(name)
+            differ = (f"{100 * c['differ_all']:.3f} % | {100 * c['differ_away']:.3f} % "
+                      f"({100 * c['share_away']:.0f} % of pixels)") if c else "- | -"
+            print(f"| {Path(r['model']).name} | {r['preset']}, "
+                  f"{','.join(map(str, r['stages']))} | {r['windows']} | {name} "
+                  f"| {r['wall'][name]:.1f} | {r['wall'][ref] / r['wall'][name]:.2f}x "
+                  f"| {r['model_s'][ref] / max(r['model_s'][name], 1e-9):.2f}x | {differ} "
+                  f"| {f'{100 * acc[name]:.2f} %' if acc else '-'} | {r['busy']:.1f} |")
     print()
     print(f"- {args.scene}: {args.crop} px square from pixel {tuple(args.offset)}; median of "
-          f"{args.repeats} timed round(s) after {args.warmup} warm-up round(s), fp32 and bf16 "
-          "alternating; `segment` without overviews; speed ratio = fp32 time / bf16 time.")
-    print("- pixels differing: valid pixels whose class differs between the fp32 and bf16 "
-          f"masks; 'beyond {args.margin} px': of the pixels more than {args.margin} px from a "
-          "class boundary of the fp32 mask.")
+          f"{args.repeats} timed round(s) after {args.warmup} warm-up round(s), the runs "
+          f"alternating; `segment` without overviews; speed = {ref} time / the run's time.")
+    print(f"- pixels differing: valid pixels whose class differs from the {ref} mask; 'beyond "
+          f"{args.margin} px': of the pixels more than {args.margin} px from a class boundary "
+          f"of the {ref} mask.")
     if min(r["busy"] for r in rows) < 0.9 * args.threads:
         print(f"- WARNING: cores busy fell below {0.9 * args.threads:.1f}: the CPU was shared "
               "during this run, so the speed ratios are noisy; rerun on an idle machine.")

@@ -26,6 +26,7 @@ from .config import (
     PRECISIONS,
     PRESETS,
     PROBABILITY_KINDS,
+    QuantizeOptions,
     SegmentOptions,
     TrainConfig,
     TrainOptions,
@@ -47,9 +48,52 @@ def _parser() -> argparse.ArgumentParser:
                              "JSON lines for a controlling process, or nothing")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in (_add_info, _add_import_official, _add_train, _add_synth, _add_evaluate,
-                _add_segment, _add_vectorize):
+                _add_segment, _add_quantize, _add_vectorize):
         add(sub)
     return parser
+
+
+def _add_quantize(sub) -> None:
+    """The arguments of ``glnet quantize MODEL SCENE``, with the defaults of ``QuantizeOptions``."""
+    d = QuantizeOptions()
+    p = sub.add_parser(
+        "quantize", help="make int8 branches of a model for --backend openvino --precision int8",
+        description="Quantise the model's OpenVINO branches to int8, calibrated on windows of "
+                    "SCENE (a raster like the model's training scene), and keep them beside the "
+                    "model (MODEL.openvino/) if their classes agree with fp32's on enough pixels "
+                    "of held-out windows. Needs glnet-qgis[int8].")
+    p.add_argument("model", type=Path, help="model file")
+    p.add_argument("scene", type=Path, help="raster to calibrate on (like the training scene)")
+    p.add_argument("--windows", type=int, default=d.windows,
+                   help=f"calibration windows (default {d.windows})")
+    p.add_argument("--held-out", type=int, default=d.held_out,
+                   help=f"further windows on which int8 is compared with fp32 (default "
+                        f"{d.held_out})")
+    p.add_argument("--min-agreement", type=float, default=d.min_agreement,
+                   help=f"share of held-out pixels whose class int8 must keep (default "
+                        f"{d.min_agreement:g})")
+    p.add_argument("--bands", type=_int_list, help="scene bands in the model's order, e.g. 1,2,3")
+    p.add_argument("--threads", type=int, help="CPU threads")
+    p.set_defaults(run=_quantize)
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    from .segment.quantize import quantize
+
+    options = _options(QuantizeOptions, {"windows": "--windows", "held_out": "--held-out",
+                                         "min_agreement": "--min-agreement",
+                                         "threads": "--threads"},
+                       windows=args.windows, held_out=args.held_out,
+                       min_agreement=args.min_agreement,
+                       bands=tuple(args.bands) if args.bands else None, threads=args.threads)
+    report = _progress(args, "quantize")
+    result = quantize(args.model, args.scene, options, progress=report)
+    if hasattr(report, "close"):
+        report.close()
+    print(f"wrote {result.folder}: int8 branches ({', '.join(result.branches)}) keep the class "
+          f"of {100 * result.agreement:.2f} % of {result.pixels} pixels of {result.held_out} "
+          f"held-out window(s); segment with --backend openvino --precision int8")
+    return 0
 
 
 def _add_info(sub) -> None:
@@ -244,7 +288,8 @@ def _add_segment(sub) -> None:
                    help=f"the network in fp32, or in bf16 (probabilities stay fp32); auto: bf16 "
                         f"where the CPU (avx512_bf16, amx_bf16) or GPU has it natively, else fp32 "
                         f"(default {SegmentOptions.precision}). bf16 elsewhere runs emulated, "
-                        f"with a warning")
+                        f"with a warning. int8: with --backend openvino, the int8 branches that "
+                        f"glnet quantize made for the model")
     p.add_argument("--backend", choices=BACKENDS, default=SegmentOptions.backend,
                    help=f"runtime of the network: torch (default {SegmentOptions.backend}), or "
                         f"openvino on the CPU (needs glnet-qgis[openvino]; each model is "

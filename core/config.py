@@ -28,7 +28,7 @@ _LIMITS = {"in_channels": 64, "num_classes": 255, "fpn_channels": 2048, "smooth_
            "window_size": 65536, "global_size": 8192, "patch_size": 8192}
 
 # Inference precisions (glnet.nn.precision resolves them for a device).
-PRECISIONS = ("fp32", "bf16", "auto")
+PRECISIONS = ("fp32", "bf16", "auto", "int8")
 # bf16 where it is native. Measured quietly with the demo's lite model in mode 3
 # (benchmarks/precision.py): bf16 1.39x faster, 0.22 % of pixels of another
 # class (0.004 % beyond 3 px of a class boundary); fp32 stays one option away.
@@ -370,7 +370,8 @@ class SegmentOptions:
             still formed and blended in fp32) or "auto": bf16 where the device
             computes it natively (``glnet.nn.precision``), else fp32. bf16 on a
             device without native support runs emulated, with a warning.
-            Default ``precision.DEFAULT_PRECISION`` (auto).
+            Default ``precision.DEFAULT_PRECISION`` (auto). "int8" (backend
+            openvino only): the model's branches as ``glnet quantize`` quantised them.
         backend: "torch", or "openvino": the branch networks run by OpenVINO on
             the CPU (``glnet.nn.openvino``; needs the ``openvino`` extra), each
             converted once per model and input shape and kept in
@@ -478,6 +479,9 @@ class SegmentOptions:
         if self.backend not in BACKENDS:
             raise OptionError(f"backend must be one of {', '.join(BACKENDS)}, "
                               f"not {self.backend!r}", option="backend")
+        if self.precision == "int8" and self.backend != "openvino":
+            raise OptionError("precision int8 runs on backend openvino (with the branches "
+                              "glnet quantize made for the model)", option="precision")
         if self.backend == "openvino" and self.device != "cpu":
             raise OptionError(f"backend openvino runs on the CPU: device {self.device!r} "
                               "needs backend torch", option="backend")
@@ -488,6 +492,43 @@ class SegmentOptions:
         if unknown:
             raise TypeError(f"unknown segment options: {', '.join(unknown)}")
         return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    """Every setting of ``quantize`` (int8 branches for the OpenVINO backend), with its default.
+
+    Attributes:
+        windows: windows of the scene whose branch inputs calibrate the int8
+            ranges (spread evenly over the scene's window grid).
+        held_out: further windows, not used for calibration, on which the int8
+            classes are compared with fp32's.
+        min_agreement: the share of held-out pixels whose class int8 must keep;
+            below it the int8 branches are not kept.
+        bands: 1-based scene bands in the model's order (as ``SegmentOptions``).
+        threads: torch and OpenVINO threads (None: their defaults).
+        samples: at most this many inputs per branch calibrate it (a window's
+            patches are many, and alike).
+    """
+
+    windows: int = 8
+    held_out: int = 2
+    min_agreement: float = 0.99
+    bands: tuple[int, ...] | None = None
+    threads: int | None = None
+    samples: int = 128
+
+    def __post_init__(self) -> None:
+        for name in ("windows", "held_out", "samples", "threads"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < 1):
+                raise OptionError(f"{name.replace('_', ' ')} must be a positive integer, "
+                                  f"got {value!r}", option=name)
+        if isinstance(self.min_agreement, bool) or not isinstance(self.min_agreement, (int, float)) \
+                or not 0 < self.min_agreement <= 1:
+            raise OptionError(f"min agreement must be a share in (0, 1], got "
+                              f"{self.min_agreement!r}", option="min_agreement")
 
 
 # Output formats of ``vectorize``: fiona driver name -> file extensions it is chosen for.

@@ -134,3 +134,91 @@ def test_the_qgis_runtime_parameter_reaches_the_engine(tmp_path_factory, model_f
     assert proc.returncode == 0, proc.stdout + proc.stderr
     library = segment(scene, model_file, tmp_path / "lib.tif", OPTS.replace(backend="openvino"))
     assert np.array_equal(read(out)[0], read(library.output)[0])
+
+
+@pytest.fixture(scope="module")
+def quantized(model_file, scene, tmp_path_factory):
+    """A copy of the tiny model with int8 branches calibrated on the scene, and the result."""
+    pytest.importorskip("nncf")
+    import shutil
+
+    from glnet.config import QuantizeOptions
+    from glnet.segment.quantize import quantize
+
+    path = tmp_path_factory.mktemp("int8") / "tiny.glnet"
+    shutil.copy(model_file, path)
+    steps: list[float] = []
+    result = quantize(path, scene, QuantizeOptions(threads=1),
+                      progress=lambda f, *msg: steps.append(f))
+    assert steps[0] == 0.0 and steps[-1] == 1.0
+    return path, result
+
+
+def test_int8_keeps_the_classes_of_fp32(quantized, scene, tmp_path):
+    import json
+
+    from glnet.segment.scene import segment
+
+    path, result = quantized
+    # Measured by quantize itself on held-out windows, and kept with a record.
+    assert result.kept and result.agreement >= 0.99 and result.held_out == 2
+    assert result.windows == 8 and result.pixels == 2 * 112 * 112
+    record = json.loads((cache_folder(path) / "int8.json").read_text())
+    assert record["agreement"] == result.agreement and record["windows"] == 8
+    assert record["branches"] == result.branches == ["global 3 x 64 x 64", "local 3 x 64 x 64"]
+    assert len(list(cache_folder(path).rglob("int8-*.xml"))) == 2
+    opts = OPTS.replace(backend="openvino")
+    fp32 = segment(scene, path, tmp_path / "fp32.tif", opts)
+    int8 = segment(scene, path, tmp_path / "int8.tif", opts.replace(precision="int8"))
+    assert int8.precision == "int8"
+    a, b = read(fp32.output)[0], read(int8.output)[0]
+    assert (a == b).mean() >= 0.99, (a == b).mean()
+    assert read(int8.output)[1]["crs"] == read(fp32.output)[1]["crs"]
+
+
+def test_int8_is_refused_where_it_cannot_run(model_file, quantized, scene, tmp_path):
+    from glnet.errors import GlnetError
+    from glnet.modelfile import save_model
+    from glnet.segment.scene import segment
+
+    with pytest.raises(OptionError, match=r"^precision int8 runs on backend openvino"):
+        SegmentOptions(precision="int8")
+    # Not quantised: one line naming the model and what to run.
+    with pytest.raises(GlnetError, match=r"tiny\.glnet: no int8 branches beside it .*"
+                                         r"run glnet quantize tiny\.glnet SCENE first"):
+        segment(scene, model_file, tmp_path / "m.tif", OPTS.replace(backend="openvino",
+                                                                   precision="int8"))
+    # Other weights saved over a quantised model: its int8 branches are not used.
+    path, _ = quantized
+    other = tmp_path / "other" / "tiny.glnet"
+    other.parent.mkdir()
+    torch.manual_seed(7)
+    from glnet.modelfile import read_metadata
+
+    save_model(GLNet(fm.TINY).eval(), read_metadata(path), other)
+    import shutil
+
+    shutil.copytree(cache_folder(path), cache_folder(other))
+    with pytest.raises(GlnetError, match=r"int8\.json: its int8 branches were made from other "
+                                         r"weights than this model's"):
+        segment(scene, other, tmp_path / "o.tif", OPTS.replace(backend="openvino",
+                                                              precision="int8"))
+    assert not (tmp_path / "o.tif").exists() and not (tmp_path / "m.tif").exists()
+
+
+def test_int8_that_changes_classes_is_not_kept(scene, tmp_path, capsys):
+    pytest.importorskip("nncf")
+    from glnet.modelfile import default_meta, save_model
+
+    # Random weights: near-flat class scores, which int8 reorders on many pixels.
+    torch.manual_seed(3)
+    path = save_model(GLNet(fm.TINY).eval(), default_meta(fm.TINY, dtype="uint8",
+                                                           mean=(127.0,) * 3, std=(50.0,) * 3), tmp_path / "r.glnet")
+    code = main(["--progress", "none", "quantize", str(path), str(scene), "--threads", "1",
+                 "--windows", "2", "--held-out", "1", "--min-agreement", "0.9999"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "r.glnet: int8 keeps the class of" in err and "no int8 branches kept" in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert not (cache_folder(path) / "int8.json").exists()
+    assert not list(cache_folder(path).rglob("int8-*.xml"))

@@ -21,7 +21,10 @@ next run on the same model loads them (0.1 s) instead of tracing (tens of
 seconds for the ``fast`` preset).
 
 Precision: "fp32" asks OpenVINO for f32 inference explicitly (its CPU plugin
-would otherwise pick bf16 on a CPU that has it), "bf16" for bf16.
+would otherwise pick bf16 on a CPU that has it), "bf16" for bf16. "int8" runs
+the branches that ``glnet quantize`` (``segment.quantize``) quantised and kept
+in the same folder, for the input shapes it calibrated; a shape it did not see
+(a scene smaller than one window) runs in f32.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ from .glnet import GLNet
 # Folder beside a model file that keeps its converted branches: ``MODEL.openvino``.
 CACHE_SUFFIX = ".openvino"
 PACKAGE = "openvino"
+# The record of a model's int8 branches in its cache folder (``segment.quantize``).
+INT8_MANIFEST = "int8.json"
 
 
 def available() -> bool:
@@ -87,7 +92,8 @@ class OpenVINONetwork:
     Args:
         net: the torch network (on the CPU, in eval mode); kept for its
             geometry, its aggregation conv and as the source of each branch.
-        precision: "fp32" or "bf16" (OpenVINO's inference precision).
+        precision: "fp32", "bf16" (OpenVINO's inference precision), or "int8":
+            the quantised branches in ``cache`` (``segment.quantize``).
         threads: OpenVINO's inference threads (None: its default, all cores).
         cache: folder for converted branches (created when missing); None keeps
             them in memory only. A folder that cannot be written is used for
@@ -98,14 +104,17 @@ class OpenVINONetwork:
                  cache: Path | None = None) -> None:
         import openvino as ov
 
-        if precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be 'fp32' or 'bf16' here, not {precision!r}")
+        if precision not in ("fp32", "bf16", "int8"):
+            raise ValueError(f"precision must be 'fp32', 'bf16' or 'int8' here, not {precision!r}")
+        if precision == "int8" and cache is None:
+            raise ValueError("int8 needs the cache folder that holds the quantised branches")
         self._ov = ov
         self.net = net
         self.cfg = net.cfg
         self.precision = precision
         self._core = ov.Core()
-        self._config = {"INFERENCE_PRECISION_HINT": "f32" if precision == "fp32" else "bf16",
+        # int8 layers run in int8 whatever the hint; the rest as in fp32.
+        self._config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
                         "PERFORMANCE_HINT": "LATENCY"}
         if threads is not None:
             self._config["INFERENCE_NUM_THREADS"] = int(threads)
@@ -116,6 +125,12 @@ class OpenVINONetwork:
         # One infer request per thread and model: Dask runs several strips at once.
         self._local = threading.local()
         self.converted = 0  # branches traced and converted in this process (not loaded)
+        # While not None, every branch call's inputs are appended here by key (calibration).
+        self.record: dict[tuple, list] | None = None
+        # Branch shapes that ran in f32 because no int8 version of them was made.
+        self.int8_missing: set[tuple] = set()
+        if precision == "int8":
+            self._check_int8()
 
     # -- what predict_window uses, as GLNet has it ------------------------------
 
@@ -169,6 +184,8 @@ class OpenVINONetwork:
     def _run(self, kind: str, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
         arrays = [t.detach().float().contiguous().numpy() for t in inputs]
         key = (kind, *(a.shape for a in arrays))
+        if self.record is not None:
+            self.record.setdefault(key, []).append([a.copy() for a in arrays])
         compiled = self._compiled.get(key)
         if compiled is None:
             with self._lock:
@@ -188,6 +205,22 @@ class OpenVINONetwork:
                 for i in range(len(compiled.outputs))]
 
     def _compile(self, key: tuple, inputs: list[torch.Tensor]):
+        if self.precision == "int8":
+            path = self._cache_path(key, "int8")
+            if path.is_file() and path.with_suffix(".bin").is_file():
+                return self._core.compile_model(self._core.read_model(str(path)), "CPU",
+                                                self._config)
+            self.int8_missing.add(key)
+        return self._core.compile_model(self.fp32_model(key, inputs), "CPU", self._config)
+
+    def use(self, key: tuple, model) -> None:
+        """Run branch call ``key`` with the OpenVINO ``model`` given (a quantised one)."""
+        with self._lock:
+            self._compiled[key] = self._core.compile_model(model, "CPU", self._config)
+            self._local = threading.local()  # requests of the model it replaces
+
+    def fp32_model(self, key: tuple, inputs: list[torch.Tensor]):
+        """The OpenVINO model of branch call ``key`` in f32: from the cache, else converted."""
         ov = self._ov
         path = self._cache_path(key)
         model = None
@@ -207,16 +240,45 @@ class OpenVINONetwork:
             self.converted += 1
             if path is not None:
                 _save(ov, model, path)
-        return self._core.compile_model(model, "CPU", self._config)
+        return model
 
-    def _cache_path(self, key: tuple) -> Path | None:
-        if self.cache is None:
-            return None
+    @property
+    def digest(self) -> str:
+        """``weights_digest`` of the network (computed once)."""
         if self._digest is None:
             self._digest = weights_digest(self.net)
+        return self._digest
+
+    def _cache_path(self, key: tuple, variant: str = "f32") -> Path | None:
+        if self.cache is None:
+            return None
         shapes = "|".join("x".join(map(str, s)) for s in key[1:])
         name = hashlib.sha256(f"{key[0]}|{shapes}|{self._ov.__version__}".encode()).hexdigest()
-        return self.cache / self._digest[:16] / f"{key[0]}-{name[:16]}.xml"
+        prefix = "" if variant == "f32" else f"{variant}-"
+        return self.cache / self.digest[:16] / f"{prefix}{key[0]}-{name[:16]}.xml"
+
+    def save_int8(self, key: tuple, model) -> Path:
+        """Keep the quantised OpenVINO ``model`` of branch call ``key`` in the cache folder."""
+        path = self._cache_path(key, "int8")
+        _save(self._ov, model, path)
+        if not path.is_file():
+            raise OSError(f"{path}: could not be written")
+        return path
+
+    def _check_int8(self) -> None:
+        import json
+
+        from ..errors import GlnetError
+
+        manifest = self.cache / INT8_MANIFEST
+        try:
+            record = json.loads(manifest.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            raise GlnetError(f"{manifest}: no int8 record of this model: run glnet quantize "
+                             "MODEL SCENE first") from None
+        if record.get("weights") != self.digest:
+            raise GlnetError(f"{manifest}: its int8 branches were made from other weights "
+                             "than this model's: run glnet quantize MODEL SCENE again")
 
 
 def _split(maps: list[torch.Tensor]) -> tuple[list, list, list, list]:

@@ -1,6 +1,8 @@
 """Numeric precision of inference: fp32, or the network in bf16 under ``torch.autocast``.
 
-``SegmentOptions.precision`` takes "fp32", "bf16" or "auto". "auto" is bf16
+``SegmentOptions.precision`` takes "fp32", "bf16", "auto" or "int8" (the
+OpenVINO backend's quantised branches, ``glnet.nn.openvino``; torch's side of
+such a run, the aggregation conv and the probabilities, stays fp32). "auto" is bf16
 where the device computes it natively (a CPU with the ``avx512_bf16`` or
 ``amx_bf16`` flag in Linux's /proc/cpuinfo; a CUDA GPU for which torch reports
 bf16 support without emulation) and fp32 elsewhere. bf16 asked for on a device
@@ -31,8 +33,8 @@ class Precision:
     """The precision a run uses, resolved for its device.
 
     Attributes:
-        name: "fp32" or "bf16".
-        requested: what was asked for ("fp32", "bf16" or "auto").
+        name: "fp32", "bf16" or "int8".
+        requested: what was asked for ("fp32", "bf16", "auto" or "int8").
         native: the device computes bf16 natively (False for fp32 runs on
             devices without it, and for emulated bf16).
         warning: one line for the user when bf16 runs emulated, else None.
@@ -88,6 +90,8 @@ def resolve_precision(requested: str, device: str = "cpu",
     else:
         native = bool(cpu_bf16_flags(cpuinfo))
         where = f"this CPU (no {' or '.join(BF16_CPU_FLAGS)} flag)"
+    if requested == "int8":  # quantised OpenVINO branches: integer kernels on any x86 CPU
+        return Precision("int8", requested, True)
     if requested == "fp32" or (requested == "auto" and not native):
         return Precision("fp32", requested, native)
     warning = None if native else (
@@ -102,12 +106,13 @@ def network_precision(name: str, device_type: str) -> Iterator[None]:
 
     bf16 is ``torch.autocast(device_type, dtype=torch.bfloat16)``: layers that
     autocast lowers compute in bf16, others in their inputs' dtype. Callers
-    convert what they turn into probabilities back to fp32.
+    convert what they turn into probabilities back to fp32. "int8" changes
+    nothing in torch: its quantised layers are OpenVINO's (``nn.openvino``).
     """
     import torch
 
-    if name not in ("fp32", "bf16"):
-        raise ValueError(f"precision must be 'fp32' or 'bf16' here, not {name!r}")
+    if name not in ("fp32", "bf16", "int8"):
+        raise ValueError(f"precision must be 'fp32', 'bf16' or 'int8' here, not {name!r}")
     ctx = (torch.autocast(device_type, dtype=torch.bfloat16) if name == "bf16"
            else nullcontext())
     with ctx:

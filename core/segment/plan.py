@@ -284,6 +284,17 @@ def plan_job(scene: str | Path, meta: ModelMeta, output: str | Path,
         if not available():
             raise OptionError("--backend openvino needs the openvino package: "
                               "pip install 'glnet-qgis[openvino]' (or --backend torch)")
+        if precision.name == "int8":
+            from ..nn.openvino import INT8_MANIFEST, cache_folder
+
+            if model_path is None:
+                raise OptionError("precision int8 needs a model file that glnet quantize "
+                                  "quantised (not a model in memory)", option="precision")
+            if not (cache_folder(model_path) / INT8_MANIFEST).is_file():
+                raise GlnetError(f"{model_path}: no int8 branches beside it (in "
+                                 f"{cache_folder(model_path).name}/): run glnet quantize "
+                                 f"{model_path.name} SCENE first, SCENE a raster like its "
+                                 "training scene")
 
     if plan.resample is None:
         work_region, source_kwargs = plan.region, None
