@@ -53,8 +53,8 @@ def conv_dtypes(model: torch.nn.Module):
 def test_precision_is_checked_where_it_is_defined(tmp_path, capsys):
     with pytest.raises(OptionError) as info:
         SegmentOptions(precision="fp16")
-    assert str(info.value) == "precision must be one of fp32, bf16, auto, not 'fp16'"
-    with pytest.raises(OptionError, match=r"^precision must be one of fp32, bf16, auto, not 'BF16'$"):
+    assert str(info.value) == "precision must be one of fp32, bf16, auto, int8, not 'fp16'"
+    with pytest.raises(OptionError, match=r"^precision must be one of fp32, bf16, auto, int8, not 'BF16'$"):
         resolve_precision("BF16")
     assert SegmentOptions().precision == "auto"
     # The command line refuses it in one usage line that names the option and its choices.
@@ -63,8 +63,8 @@ def test_precision_is_checked_where_it_is_defined(tmp_path, capsys):
               "-o", str(tmp_path / "o.tif"), "--precision", "fp16"])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2
-    assert "argument --precision: invalid choice: 'fp16' (choose from fp32, bf16, auto)" in err \
-        or "argument --precision: invalid choice: 'fp16' (choose from 'fp32', 'bf16', 'auto')" \
+    assert "argument --precision: invalid choice: 'fp16' (choose from fp32, bf16, auto, int8)" in err \
+        or "argument --precision: invalid choice: 'fp16' (choose from 'fp32', 'bf16', 'auto', 'int8')" \
         in err, err
 
 
