@@ -93,6 +93,7 @@ def _quantize(args: argparse.Namespace) -> int:
     print(f"wrote {result.folder}: int8 branches ({', '.join(result.branches)}) keep the class "
           f"of {100 * result.agreement:.2f} % of {result.pixels} pixels of {result.held_out} "
           f"held-out window(s); segment with --backend openvino --precision int8")
+    _print_result(args, result)
     return 0
 
 

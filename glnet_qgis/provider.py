@@ -10,6 +10,7 @@ from . import discovery
 from .evaluate import EvaluateAlgorithm
 from .importofficial import ImportOfficialAlgorithm
 from .modelinfo import ModelInfoAlgorithm
+from .quantize import QuantizeAlgorithm
 from .segment import SegmentAlgorithm
 from .setupengine import SetupEngineAlgorithm
 from .train import TrainAlgorithm
@@ -21,7 +22,8 @@ METADATA_PATH = os.path.join(PLUGIN_DIR, "metadata.txt")
 # The example Processing models (a link to resources/models in a checkout).
 MODELS_DIR = os.path.join(PLUGIN_DIR, "models")
 ALGORITHMS = (SegmentAlgorithm, TrainAlgorithm, VectorizeAlgorithm, EvaluateAlgorithm,
-              ImportOfficialAlgorithm, ModelInfoAlgorithm, SetupEngineAlgorithm)
+              ImportOfficialAlgorithm, ModelInfoAlgorithm, QuantizeAlgorithm,
+              SetupEngineAlgorithm)
 
 
 class GlnetProvider(QgsProcessingProvider):

@@ -30,7 +30,7 @@ from .algorithm import (
 
 DEVICES = ("cpu", "cuda")
 # The engine's --precision values, in the order of the "Precision" choices.
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
 # The engine's --backend values, in the order of the "Runtime" choices.
 BACKENDS = ("torch", "openvino")
 MODES = (None, 1, 2, 3)
@@ -94,7 +94,9 @@ class SegmentAlgorithm(GlnetAlgorithm):
             "computes it natively (CPUs with avx512_bf16 or AMX, GPUs from the Ampere "
             "generation on; faster, and a few pixels near class boundaries may "
             "change) and in fp32 elsewhere; fp32 always gives the full-precision mask; bf16 "
-            "is used even where it is emulated (slower; the log warns).\n\n"
+            "is used even where it is emulated (slower; the log warns); int8 runs the int8 "
+            "branches that 'Make int8 model branches for OpenVINO' made for the model, with "
+            "Runtime OpenVINO.\n\n"
             "Runtime (advanced): PyTorch, or OpenVINO for the CPU (the engine needs the "
             "openvino extra: pip install 'glnet-qgis[openvino]'); OpenVINO converts the model "
             "once, on its first run, into a folder MODEL.openvino beside the model file, and "
@@ -136,7 +138,8 @@ class SegmentAlgorithm(GlnetAlgorithm):
         self.addParameter(QgsProcessingParameterEnum(
             self.PRECISION, self.tr("Precision"),
             options=[self.tr("Automatic: bf16 where native, else fp32"), self.tr("fp32"),
-                     self.tr("bf16")],
+                     self.tr("bf16"),
+                     self.tr("int8 (Runtime OpenVINO, after 'Make int8 model branches')")],
             defaultValue=PRECISIONS.index(defaults.precision)))
 
         self.addParameter(advanced(QgsProcessingParameterNumber(

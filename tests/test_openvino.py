@@ -224,3 +224,33 @@ def test_int8_that_changes_classes_is_not_kept(scene, tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1
     assert not (cache_folder(path) / "int8.json").exists()
     assert not list(cache_folder(path).rglob("int8-*.xml"))
+
+
+@pytest.mark.qgis
+def test_the_qgis_quantize_algorithm_and_int8(tmp_path_factory, model_file, scene, tmp_path):
+    pytest.importorskip("nncf")
+    import json
+    import shutil
+
+    from qgis_support import checkout_qgis
+
+    from glnet.segment.scene import segment
+
+    qgis = checkout_qgis(tmp_path_factory)
+    model = tmp_path / "q" / "tiny.glnet"
+    model.parent.mkdir()
+    shutil.copy(model_file, model)
+    proc = qgis.algorithm("glnet:quantize", f"MODEL={model}", f"INPUT={scene}", "WINDOWS=2",
+                          "HELD_OUT=1", "THREADS=1")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = json.loads(proc.stdout)["results"]
+    assert results["FOLDER"] == str(cache_folder(model))
+    assert 0.99 <= results["AGREEMENT"] <= 1.0
+    out = tmp_path / "int8.tif"
+    proc = qgis.algorithm("glnet:segmentlandcover", f"INPUT={scene}", f"MODEL={model}",
+                          f"OUTPUT={out}", "BACKEND=1", "PRECISION=3", "THREADS=1",
+                          "OVERVIEWS=false")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    library = segment(scene, model, tmp_path / "lib.tif",
+                      OPTS.replace(backend="openvino", precision="int8"))
+    assert np.array_equal(read(out)[0], read(library.output)[0])

@@ -52,6 +52,7 @@ ALGORITHMS = {
     "glnet:evaluate": "Evaluate segmentation",
     "glnet:importofficial": "Import released GLNet checkpoints",
     "glnet:modelinfo": "Model information",
+    "glnet:quantize": "Make int8 model branches for OpenVINO",
     "glnet:setupengine": "Set up the GLNet engine",
 }
 MODEL3 = ROOT / "resources" / "models" / "segment_and_vectorize.model3"

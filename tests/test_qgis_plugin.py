@@ -39,7 +39,7 @@ from qgis_support import metadata as _metadata
 
 ALG = "glnet:modelinfo"
 ALGORITHMS = ("glnet:segmentlandcover", "glnet:train", "glnet:vectorize", "glnet:evaluate",
-              "glnet:importofficial", "glnet:modelinfo", "glnet:setupengine",
+              "glnet:importofficial", "glnet:modelinfo", "glnet:quantize", "glnet:setupengine",
               "glnet:Segment and vectorize land cover")  # the example model
 CLASSES = (("water", (31, 120, 180)), ("forest <wet> & dry", (51, 160, 44)),
            ("built-up", (227, 26, 28)))
@@ -218,7 +218,8 @@ def test_zip_holds_real_files_and_the_engine(plugin_zip):
     for name in ("__init__.py", "provider.py", "modelinfo.py", "engine_loader.py", "worker.py",
                  "discovery.py", "process.py", "lines.py", "cleanup.py",
                  "algorithm.py", "styles.py", "segment.py", "train.py", "vectorize.py",
-                 "evaluate.py", "importofficial.py", "setupengine.py", "engine_setup.py",
+                 "evaluate.py", "importofficial.py", "quantize.py", "setupengine.py",
+                 "engine_setup.py",
                  "torch-pins.txt", "LICENSE"):
         assert f"{PLUGIN}/{name}" in names
     for source in (ROOT / "core").glob("*.py"):
