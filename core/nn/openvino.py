@@ -127,8 +127,6 @@ class OpenVINONetwork:
         self.converted = 0  # branches traced and converted in this process (not loaded)
         # While not None, every branch call's inputs are appended here by key (calibration).
         self.record: dict[tuple, list] | None = None
-        # Branch shapes that ran in f32 because no int8 version of them was made.
-        self.int8_missing: set[tuple] = set()
         if precision == "int8":
             self._check_int8()
 
@@ -210,7 +208,7 @@ class OpenVINONetwork:
             if path.is_file() and path.with_suffix(".bin").is_file():
                 return self._core.compile_model(self._core.read_model(str(path)), "CPU",
                                                 self._config)
-            self.int8_missing.add(key)
+            # A shape quantize did not calibrate (a scene smaller than a window): f32.
         return self._core.compile_model(self.fp32_model(key, inputs), "CPU", self._config)
 
     def use(self, key: tuple, model) -> None:

@@ -24,7 +24,6 @@ import io
 import json
 import os
 import tempfile
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -32,6 +31,8 @@ import numpy as np
 
 from ..config import QuantizeOptions, SegmentOptions
 from ..errors import GlnetError, OptionError
+from ..files import atomic_output
+from .report import Report
 
 
 @dataclass
@@ -88,7 +89,8 @@ def quantize(model: str | os.PathLike, scene: str | os.PathLike,
     with tempfile.TemporaryDirectory(prefix="glnet-quantize-") as tmp:
         # The plan checks the scene as segment does; its output is never written.
         job = plan_job(scene, meta, Path(tmp) / "calibration.tif", seg, model)
-    _report(progress, 0.0, "reading calibration windows")
+    report = Report(progress, None)
+    report(0.0, "reading calibration windows")
     tensors = _windows(job, opts.windows + opts.held_out)
     if len(tensors) < 2:
         raise GlnetError(f"{scene}: {len(tensors)} window(s) of {job.grid.rows.length} px with "
@@ -103,7 +105,7 @@ def quantize(model: str | os.PathLike, scene: str | os.PathLike,
         fp32 = OpenVINONetwork(net, "fp32", opts.threads, cache=folder)
         fp32.record = {}
         for i, (x, _) in enumerate(calibration):
-            _report(progress, 0.1 + 0.3 * i / len(calibration), None)
+            report(0.1 + 0.3 * i / len(calibration))
             predict_window(fp32, x, mode=mode, sub_batch=1, smooth_patches=True)
         record, fp32.record = fp32.record, None
         reference = [predict_window(fp32, x, mode=mode, sub_batch=1, smooth_patches=True)
@@ -112,7 +114,7 @@ def quantize(model: str | os.PathLike, scene: str | os.PathLike,
         int8 = OpenVINONetwork(net, "fp32", opts.threads, cache=None)
         quantised = {}
         for i, (key, samples) in enumerate(sorted(record.items(), key=lambda kv: kv[0][0])):
-            _report(progress, 0.4 + 0.5 * i / len(record), f"quantising the {key[0]} branch")
+            report(0.4 + 0.5 * i / len(record), f"quantising the {key[0]} branch")
             samples = _spread(samples, opts.samples)
             source = fp32.fp32_model(key, [torch.from_numpy(a) for a in samples[0]])
             with _quiet():
@@ -144,8 +146,9 @@ def quantize(model: str | os.PathLike, scene: str | os.PathLike,
               "pixels": total, "windows": len(calibration), "held_out": len(checks),
               "mode": mode, "branches": branches, "openvino": openvino.__version__,
               "nncf": nncf.__version__, "options": asdict(opts)}
-    _write_json(folder / INT8_MANIFEST, record)
-    _report(progress, 1.0, None)
+    with atomic_output(folder / INT8_MANIFEST, overwrite=True) as tmp:
+        tmp.write_text(json.dumps(record, indent=2), encoding="utf-8")
+    report(1.0)
     return result
 
 
@@ -199,18 +202,3 @@ def _spread(samples: list, limit: int) -> list:
         return samples
     index = np.linspace(0, len(samples) - 1, limit).round().astype(int)
     return [samples[i] for i in index]
-
-
-def _write_json(path: Path, record: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(json.dumps(record, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _report(progress, fraction: float, message: str | None) -> None:
-    if progress is None:
-        return
-    if message is None:
-        progress(fraction)
-    else:
-        progress(fraction, message)
